@@ -1,0 +1,89 @@
+"""S3 access through boto3 (SigV4, path-style), the only durable store besides MLflow and Label Studio."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from infra.settings import Settings, get_settings
+
+
+class ObjectStore:
+    def __init__(self, settings: Settings | None = None, bucket: str | None = None) -> None:
+        s = settings or get_settings()
+        self.bucket = bucket or s.bucket
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=s.s3_endpoint,
+            aws_access_key_id=s.s3_access_key,
+            aws_secret_access_key=s.s3_secret_key,
+            region_name=s.s3_region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 5, "mode": "standard"},
+                max_pool_connections=32,
+            ),
+        )
+
+    def ensure_bucket(self, bucket: str | None = None) -> None:
+        name = bucket or self.bucket
+        try:
+            self.client.head_bucket(Bucket=name)
+        except ClientError:
+            try:
+                self.client.create_bucket(Bucket=name)
+            except ClientError as exc:  # created concurrently by another process
+                if exc.response.get("Error", {}).get("Code") not in {
+                    "BucketAlreadyOwnedByYou",
+                    "BucketAlreadyExists",
+                }:
+                    raise
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_json(self, key: str, obj: Any) -> None:
+        self.put_bytes(key, json.dumps(obj, default=str).encode(), "application/json")
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise
+
+    def get_json(self, key: str) -> Any | None:
+        data = self.get_bytes(key)
+        return None if data is None else json.loads(data)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def upload_stream(self, key: str, fileobj: Any) -> None:
+        """Multipart upload from a file-like object: memory stays bounded for large files."""
+        self.client.upload_fileobj(fileobj, self.bucket, key)
+
+    def open_stream(self, key: str) -> Any:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]

