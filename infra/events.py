@@ -35,9 +35,10 @@ def stable_id(*parts: str) -> str:
 
 class Event(BaseModel):
     schema_version: int = SCHEMA_VERSION
+    classifier: str
 
     def key(self) -> bytes:
-        return getattr(self, "classifier").encode()
+        return self.classifier.encode()
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -6,6 +6,7 @@ A model version's artifacts are a plain directory (Hugging Face ``save_pretraine
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -62,10 +63,8 @@ class Registry:
         try:
             self.client.get_registered_model(self.model_name(classifier))
         except MlflowException:
-            try:
+            with contextlib.suppress(MlflowException):  # created concurrently
                 self.client.create_registered_model(self.model_name(classifier))
-            except MlflowException:
-                pass  # created concurrently
 
     def register(self, classifier: str, run_id: str, artifact_path: str = "model",
                  tags: dict[str, str] | None = None) -> ModelRef:
@@ -142,10 +141,8 @@ class Registry:
     def delete_classifier(self, classifier: str) -> None:
         from mlflow.exceptions import MlflowException
 
-        try:
+        with contextlib.suppress(MlflowException):
             self.client.delete_registered_model(self.model_name(classifier))
-        except MlflowException:
-            pass
 
     def run_info(self, run_id: str) -> dict[str, Any]:
         run = self.client.get_run(run_id)

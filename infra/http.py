@@ -1,0 +1,68 @@
+"""FastAPI plumbing shared by every router: the app's services, API-key and admin-key checks.
+
+Error bodies are always ``{"detail": "<human readable reason>"}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, Header, HTTPException, Path, Request
+
+from infra.objectstore import ObjectStore
+from infra.settings import Settings
+from infra.tenants import NAME_RE, ClassifierConfig, TenantCache, TenantStore
+
+
+@dataclass
+class Services:
+    """What a running API process shares between routers (stored on ``app.state.services``)."""
+
+    settings: Settings
+    store: ObjectStore
+    tenants: TenantStore
+    tenant_cache: TenantCache
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        store = ObjectStore(settings)
+        tenants = TenantStore(store)
+        return cls(settings, store, tenants, TenantCache(tenants, settings.config_cache_seconds))
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def tenant_for_key(
+    name: str = Path(..., description="classifier name"),
+    x_api_key: str | None = Header(default=None, description="the classifier's API key"),
+    services: Services = Depends(get_services),
+) -> ClassifierConfig:
+    """401 without a valid key, 403 for another tenant's key, 404 for an unknown classifier."""
+    if not x_api_key:
+        raise HTTPException(401, "missing API key: send it in the x-api-key header")
+    owner = services.tenant_cache.key_owner(x_api_key)
+    if owner is None:
+        raise HTTPException(401, "invalid API key")
+    if owner != name:
+        if not NAME_RE.match(name) or services.tenant_cache.get(name) is None:
+            raise HTTPException(404, f"unknown classifier {name!r}")
+        raise HTTPException(403, f"this API key is not allowed to use classifier {name!r}")
+    cfg = services.tenant_cache.get(name)
+    if cfg is None:
+        raise HTTPException(404, f"unknown classifier {name!r}")
+    return cfg
+
+
+def require_admin(
+    x_admin_key: str | None = Header(default=None, description="the operator's admin key"),
+    services: Services = Depends(get_services),
+) -> None:
+    if not x_admin_key:
+        raise HTTPException(401, "missing admin key: send it in the x-admin-key header")
+    if not hmac.compare_digest(x_admin_key, services.settings.admin_key):
+        raise HTTPException(403, "invalid admin key")
