@@ -1,0 +1,123 @@
+"""``POST /v1/classifiers/{name}/classify``: label + confidence per text, low-confidence routing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field, model_validator
+
+from classifier import metrics
+from classifier.engine import ModelUnavailable, Scored, ServingEngine
+from classifier.routing import review_request_for
+from infra.events import TOPIC_REVIEW_REQUESTS
+from infra.http import Services, get_services, tenant_for_key
+from infra.predictions import PredictionRecord
+from infra.tenants import ClassifierConfig
+
+router = APIRouter(tags=["classify"])
+
+
+class ClassifyRequest(BaseModel):
+    text: str | None = Field(default=None, description="one text to classify")
+    texts: list[str] | None = Field(default=None, description="several texts, classified together")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("send exactly one of 'text' (a string) or 'texts' (a list of strings)")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    model_version: str
+    prediction_id: str
+    review_requested: bool = Field(description="confidence was below the classifier's threshold")
+
+
+class ClassifyResponse(BaseModel):
+    classifier: str
+    results: list[Prediction]
+
+
+def validate_texts(texts: list[str], max_chars: int, max_batch: int) -> None:
+    if not texts:
+        raise HTTPException(422, "'texts' must hold at least one text")
+    if len(texts) > max_batch:
+        raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {max_batch}")
+    for i, text in enumerate(texts):
+        where = "text" if len(texts) == 1 else f"texts[{i}]"
+        if not text.strip():
+            raise HTTPException(422, f"{where} is empty")
+        if len(text) > max_chars:
+            raise HTTPException(413, f"{where} has {len(text)} characters; the limit is {max_chars}")
+
+
+@router.post(
+    "/v1/classifiers/{name}/classify",
+    response_model=ClassifyResponse,
+    responses={
+        401: {"description": "missing or invalid API key"},
+        403: {"description": "the key belongs to another classifier"},
+        404: {"description": "unknown classifier"},
+        413: {"description": "text too long or too many texts"},
+        422: {"description": "empty text or wrong types"},
+        503: {"description": "no model loaded for this classifier"},
+    },
+)
+async def classify(
+    body: ClassifyRequest,
+    cfg: ClassifierConfig = Depends(tenant_for_key),
+    services: Services = Depends(get_services),
+) -> ClassifyResponse:
+    started = time.perf_counter()
+    status = "error"
+    try:
+        texts = body.all_texts()
+        validate_texts(texts, services.settings.max_text_chars, services.settings.max_batch_texts)
+        engine: ServingEngine = services.extras["engine"]
+        try:
+            scored = await engine.classify(cfg.name, texts)
+        except ModelUnavailable as exc:
+            status = "503"
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+        results = [_publish(services, cfg, text, s) for text, s in zip(texts, scored, strict=True)]
+        status = "200"
+        metrics.TEXTS.labels(cfg.name).inc(len(texts))
+        return ClassifyResponse(classifier=cfg.name, results=results)
+    except HTTPException as exc:
+        status = str(exc.status_code)
+        raise
+    finally:
+        metrics.REQUESTS.labels(cfg.name, status).inc()
+        metrics.LATENCY.labels(cfg.name).observe(time.perf_counter() - started)
+
+
+def _publish(services: Services, cfg: ClassifierConfig, text: str, s: Scored) -> Prediction:
+    """Record the prediction and route a doubtful one to review; neither waits for I/O."""
+    prediction_id = uuid.uuid4().hex
+    predictions = services.extras.get("predictions")
+    if predictions is not None:
+        predictions.record(
+            PredictionRecord(
+                prediction_id=prediction_id, classifier=cfg.name, text=text, label=s.label,
+                confidence=s.confidence, scores=s.scores, model_version=s.model_version,
+            )
+        )
+    request = review_request_for(cfg, text, s.label, s.confidence, s.scores, s.model_version, prediction_id)
+    publisher = services.extras.get("publisher")
+    if request is not None:
+        metrics.LOW_CONFIDENCE.labels(cfg.name).inc()
+        if publisher is not None:
+            publisher.publish(TOPIC_REVIEW_REQUESTS, request)
+    return Prediction(
+        label=s.label, confidence=s.confidence, scores=s.scores, model_version=s.model_version,
+        prediction_id=prediction_id, review_requested=request is not None,
+    )

@@ -1,0 +1,182 @@
+"""``sift``: the operator's command line (local stack, classifiers, training, workers)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Sift: active-learning text classification.", no_args_is_help=True)
+classifiers = typer.Typer(help="Create and manage classifiers (tenants).", no_args_is_help=True)
+worker = typer.Typer(help="Run a pipeline worker in the foreground.", no_args_is_help=True)
+app.add_typer(classifiers, name="classifiers")
+app.add_typer(worker, name="worker")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _tenants():  # noqa: ANN202
+    from infra.objectstore import ObjectStore
+    from infra.settings import get_settings
+    from infra.tenants import TenantStore
+
+    store = ObjectStore(get_settings())
+    store.ensure_bucket()
+    return TenantStore(store)
+
+
+def _print(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@classifiers.command("create")
+def classifiers_create(
+    name: str,
+    labels: str = typer.Option(..., help="comma-separated labels, e.g. earn,acq,crude"),
+    threshold: float = typer.Option(0.6, help="predictions below this confidence go to review"),
+    base_model: str = typer.Option("", help="Hugging Face id or local path; default: the shipped MiniLM"),
+    description: str = typer.Option(""),
+) -> None:
+    """Onboard a classifier: config, API key, topics and review project."""
+    from infra.tenants import TenantError
+    from sift.onboarding import build_config, create_classifier
+    from sift.provisioning import default_provisioners
+
+    try:
+        cfg = build_config(
+            name=name, labels=[x.strip() for x in labels.split(",") if x.strip()], threshold=threshold,
+            base_model=base_model, description=description,
+        )
+        cfg, key, warnings = create_classifier(_tenants(), cfg, default_provisioners())
+    except TenantError as exc:
+        _fail(str(exc))
+    for w in warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    from sift.admin import ClassifierView
+
+    _print({"classifier": ClassifierView.of(cfg).model_dump(mode="json"), "api_key": key})
+
+
+@classifiers.command("list")
+def classifiers_list() -> None:
+    from sift.admin import ClassifierView
+
+    _print([ClassifierView.of(c).model_dump(mode="json") for c in _tenants().list()])
+
+
+@classifiers.command("show")
+def classifiers_show(name: str) -> None:
+    from infra.tenants import TenantError
+    from sift.admin import ClassifierView
+
+    try:
+        _print(ClassifierView.of(_tenants().require(name)).model_dump(mode="json"))
+    except TenantError as exc:
+        _fail(str(exc))
+
+
+@classifiers.command("update")
+def classifiers_update(
+    name: str,
+    threshold: float | None = typer.Option(None),
+    description: str | None = typer.Option(None),
+    min_new_labels: int | None = typer.Option(None, help="retrain after this many new reviewed labels"),
+    schedule: str | None = typer.Option(None, help="retrain schedule: daily, weekly or a cron expression"),
+) -> None:
+    from pydantic import ValidationError
+
+    from infra.tenants import ClassifierConfig, TenantError
+    from sift.onboarding import validation_message
+
+    tenants = _tenants()
+    try:
+        cfg = tenants.require(name)
+        data = cfg.model_dump()
+        if threshold is not None:
+            data["threshold"] = threshold
+        if description is not None:
+            data["description"] = description
+        if min_new_labels is not None:
+            data["retrain"]["min_new_labels"] = min_new_labels
+        if schedule is not None:
+            data["retrain"]["schedule"] = schedule
+        try:
+            cfg = tenants.save(ClassifierConfig.model_validate(data))
+        except ValidationError as exc:
+            raise TenantError(validation_message(exc)) from exc
+    except TenantError as exc:
+        _fail(str(exc))
+    typer.echo(f"updated {name}")
+
+
+@classifiers.command("delete")
+def classifiers_delete(name: str, yes: bool = typer.Option(False, "--yes", help="do not ask")) -> None:
+    from infra.tenants import TenantError
+
+    if not yes:
+        typer.confirm(f"delete classifier {name} and revoke its keys?", abort=True)
+    try:
+        _tenants().delete(name)
+    except TenantError as exc:
+        _fail(str(exc))
+    typer.echo(f"deleted {name}")
+
+
+@classifiers.command("new-key")
+def classifiers_new_key(name: str) -> None:
+    from infra.tenants import TenantError
+
+    try:
+        typer.echo(_tenants().issue_key(name))
+    except TenantError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def train(
+    name: str,
+    data: Path = typer.Option(..., exists=True, help="CSV/JSONL with text,label or a datasets folder"),
+    epochs: int | None = typer.Option(None),
+    max_length: int | None = typer.Option(None),
+    layers: int | None = typer.Option(None, help="keep only the first N encoder layers (fast, smaller)"),
+    limit: int | None = typer.Option(None, help="use at most this many rows (stratified)"),
+    champion: bool = typer.Option(True, help="make it champion when there is none yet"),
+) -> None:
+    """Fine-tune the classifier's base encoder on labeled data and register a new version."""
+    from sift.training import train_command
+
+    try:
+        result = train_command(name, data, epochs=epochs, max_length=max_length, layers=layers, limit=limit,
+                               make_champion_if_none=champion)
+    except ValueError as exc:
+        _fail(str(exc))
+    _print(result)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(18000),
+    workers: int = typer.Option(1),
+) -> None:
+    """Run the API (classify, feedback, review webhook, admin)."""
+    import uvicorn
+
+    uvicorn.run("sift.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
