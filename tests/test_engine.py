@@ -33,9 +33,10 @@ def test_concurrent_requests_share_batches(tiny_model_dir):
     assert all(r[0].model_version == "1" for r in results)
 
 
-def test_swap_under_load_fails_no_request(tiny_model_dir, tiny_model_dir_v2):
+def test_swap_under_load_fails_no_request(tiny_model_dir):
     engine = _engine(str(tiny_model_dir), max_batch=16, max_wait_s=0.001)
-    new_model = LoadedModel.load(str(tiny_model_dir_v2), version="2")
+    # same weights, new version: what matters here is which version answered each request
+    new_model = LoadedModel.load(str(tiny_model_dir), version="2")
     new_model.warm_up()
     seen: list[str] = []
     errors: list[BaseException] = []
@@ -61,9 +62,9 @@ def test_swap_under_load_fails_no_request(tiny_model_dir, tiny_model_dir_v2):
     assert swapped.is_set()
     assert len(seen) == 200
     assert "1" in seen and "2" in seen
-    # after the swap the old version is never seen again
+    # one inference thread: once a request saw the new version, none sees the old one again
     first_new = seen.index("2")
-    assert set(seen[first_new + 8 :]) == {"2"}
+    assert set(seen[first_new:]) == {"2"}
 
 
 def test_missing_model_is_a_clear_error():
