@@ -1,0 +1,63 @@
+# Sift: `make up` serves the whole local stack; `make test` runs every test. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+LS_VENV := .venv-labelstudio
+BIN := $(VENV)/bin
+LABEL_STUDIO_VERSION ?= 1.23.2
+PYTEST_ARGS ?=
+
+.PHONY: up down status test test-fast lint bench demo install install-labelstudio install-browser clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU wheel of torch first, so nothing below pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q --upgrade pip
+	$(LS_VENV)/bin/pip install -q label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+install: $(BIN)/.installed $(LS_VENV)/.installed
+
+install-labelstudio: $(LS_VENV)/.installed
+
+# headless Chromium for the reviewer browser test (Debian package; Playwright drives it)
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+up: install
+	$(BIN)/sift up
+
+down:
+	$(BIN)/sift down
+
+status:
+	$(BIN)/sift status
+
+test: install install-browser
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not labelstudio and not browser and not slow" $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/classify.py
+	$(BIN)/python bench/feedback.py
+
+demo: install
+	$(BIN)/sift demo
+
+clean:
+	rm -rf $(VENV) $(LS_VENV) .stack
