@@ -33,7 +33,10 @@ def free_port(avoid: set[int] | None = None) -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Bindable the way servers bind (SO_REUSEADDR): TIME_WAIT leftovers of a stopped server
+    don't count as busy, a live listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LOOPBACK, port))
         except OSError:
