@@ -171,6 +171,77 @@ def serve(
                 log_level="info", access_log=False)
 
 
+@app.command()
+def up(
+    label_studio: bool = typer.Option(True, help="also run Label Studio (the review UI)"),
+    demo: bool = typer.Option(True, help="onboard the demo classifier and train its first model"),
+    train_rows: int = typer.Option(800, help="texts for the demo's first model"),
+    detach: bool = typer.Option(False, help="return once everything is up"),
+) -> None:
+    """Start the local stack (S3, Kafka, MLflow, Label Studio), the API and the workers."""
+    from infra.settings import get_settings
+    from sift.local_up import up as run_up
+
+    run_up(get_settings(), with_label_studio=label_studio, demo=demo, train_rows=train_rows, detach=detach)
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `sift up` started."""
+    from infra.local.stack import LocalStack
+
+    LocalStack().stop()
+    typer.echo("stopped")
+
+
+@app.command()
+def status() -> None:
+    """What runs, where, and whether it is ready."""
+    from infra.local.stack import LocalStack
+
+    _print(LocalStack().status())
+
+
+def _run_worker(target: str) -> None:
+    import importlib
+    import logging
+    import signal
+    import threading
+
+    from infra.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module, func = target.split(":")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    getattr(importlib.import_module(module), func)(get_settings(), stop)
+
+
+@worker.command("review")
+def worker_review() -> None:
+    """Kafka review-requests -> Label Studio tasks."""
+    _run_worker("review.worker:run_review_worker")
+
+
+@worker.command("reconcile")
+def worker_reconcile() -> None:
+    """Periodically collect finished reviews that a webhook missed."""
+    _run_worker("review.collector:run_reconcile_loop")
+
+
+@worker.command("dropfolder")
+def worker_dropfolder() -> None:
+    """Ingest batch feedback files dropped in s3://<bucket>/feedback-uploads/<classifier>/."""
+    _run_worker("feedback.dropfolder:run_dropfolder_worker")
+
+
+@worker.command("retrain")
+def worker_retrain() -> None:
+    """Count reviewed labels, run due retrain jobs, promote blessed candidates."""
+    _run_worker("retrain.worker:run_retrain_worker")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,66 @@
+"""``sift train``: fine-tune a classifier's base encoder on a labeled file and register the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from infra.objectstore import ObjectStore
+from infra.registry import Registry
+from infra.settings import get_settings, resolve_base_model
+from infra.tenants import TenantStore
+
+
+def train_command(
+    name: str,
+    data: Path,
+    *,
+    epochs: int | None = None,
+    max_length: int | None = None,
+    layers: int | None = None,
+    limit: int | None = None,
+    make_champion_if_none: bool = True,
+) -> dict[str, Any]:
+    from retrain.dataio import load_labeled, stratified_sample
+
+    rows = load_labeled(data)
+    if limit:
+        rows = stratified_sample(rows, limit, seed=0)
+    return train_rows_command(name, rows, epochs=epochs, max_length=max_length, layers=layers,
+                              make_champion_if_none=make_champion_if_none, source=str(data))
+
+
+def train_rows_command(
+    name: str,
+    rows: list[Any],
+    *,
+    epochs: int | None = None,
+    max_length: int | None = None,
+    layers: int | None = None,
+    make_champion_if_none: bool = True,
+    source: str = "",
+) -> dict[str, Any]:
+    from retrain.tracking import train_and_register
+
+    settings = get_settings()
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    cfg = TenantStore(store).require(name)
+    unknown = sorted({r.label for r in rows} - set(cfg.labels))
+    if unknown:
+        raise ValueError(f"{source or 'the data'} has labels the classifier {name!r} does not know: {unknown}")
+    policy = cfg.retrain
+    registered = train_and_register(
+        cfg,
+        rows,
+        registry=Registry(settings),
+        make_champion_if_none=make_champion_if_none,
+        run_name=f"train-{name}",
+        base_model=resolve_base_model(cfg.base_model),
+        epochs=epochs or policy.epochs,
+        learning_rate=policy.learning_rate,
+        batch_size=policy.batch_size,
+        max_length=max_length or policy.max_length,
+        num_hidden_layers=layers,
+    )
+    return registered.model_dump(mode="json") if hasattr(registered, "model_dump") else dict(registered)
