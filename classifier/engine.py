@@ -96,6 +96,7 @@ class ServingEngine:
         self.torch_threads = torch_threads
         self.slots: dict[str, ModelSlot] = {}
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._loading: dict[str, asyncio.Future[None]] = {}
 
     def slot(self, classifier: str) -> ModelSlot:
@@ -126,13 +127,14 @@ class ServingEngine:
 
     def refresh(self, classifier: str) -> str | None:
         """Load the registry's champion if it differs from what serves (blocking). Returns the version."""
-        found = self.resolve_champion(classifier)
-        if found is None:
-            return None
-        version, model_dir = found
-        if self.loaded_version(classifier) != version:
-            self.swap_in(classifier, self.load_model(classifier, version, model_dir))
-        return version
+        with self._refresh_lock:  # the event watcher and the poller never load the same model twice
+            found = self.resolve_champion(classifier)
+            if found is None:
+                return None
+            version, model_dir = found
+            if self.loaded_version(classifier) != version:
+                self.swap_in(classifier, self.load_model(classifier, version, model_dir))
+            return version
 
     async def ensure_loaded(self, classifier: str) -> ModelSlot:
         s = self.slot(classifier)

