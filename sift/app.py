@@ -54,6 +54,10 @@ def build_services(settings: Settings, **extras: Any) -> Services:
             torch_threads=settings.torch_threads,
         )
     services.extras.setdefault("predictions", PredictionStore(services.store))
+    if "publisher" not in services.extras:
+        from infra.publisher import EventPublisher
+
+        services.extras["publisher"] = EventPublisher(settings)
     return services
 
 
