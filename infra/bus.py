@@ -1,0 +1,278 @@
+"""The Kafka bus: topic names, provisioning, producer/consumer factories and the consume loop.
+
+Every stage talks to the others only through these helpers, so the broker rules from
+ARCHITECTURE.md live in one place: explicit per-record commits after the side effect,
+a dead-letter topic for what can never be processed, ``earliest`` + committed offsets (Tansu
+reports end offsets wrongly), and group timings that are quick on Tansu and valid on Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from infra.events import ALL_TOPICS, TOPIC_DEAD_LETTER, DeadLetter, Event, parse_event
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+
+Handler = Callable[[str, Event], None]
+"""Called with (short topic, parsed event); must make its side effect durable before returning."""
+
+
+class PermanentError(Exception):
+    """The record can never be processed (bad content, unknown classifier): dead-letter it."""
+
+
+class TransientError(Exception):
+    """Processing failed for a reason that may go away (a store is down): retry the same record."""
+
+
+# connection-level failures are retried like TransientError; anything else is a bug or bad data
+_TRANSIENT = (TransientError, KafkaError, ConnectionError, TimeoutError)
+
+
+class Bus:
+    """Factories bound to one settings object; full topic name = ``topic_prefix + short``."""
+
+    def __init__(self, settings: Settings, client_id: str = "sift") -> None:
+        self.settings = settings
+        self.client_id = client_id
+
+    def topic(self, short: str) -> str:
+        return self.settings.topic_prefix + short
+
+    def short(self, topic: str) -> str:
+        prefix = self.settings.topic_prefix
+        return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+
+    def ensure_topics(self, partitions: int = 1, shorts: Iterable[str] = ALL_TOPICS,
+                      timeout_s: float = 10.0) -> None:
+        """Create the topics, tolerating ones that exist (several processes provision at start).
+
+        Uses only CreateTopics: ``describe_groups``/``create_partitions`` fail on Tansu.
+        """
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=f"{self.client_id}-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+        )
+        try:
+            wanted = {self.topic(s): {"num_partitions": partitions, "replication_factor": 1} for s in shorts}
+            result = admin.create_topics(wanted, raise_errors=False)
+            for t in result.get("topics", []):
+                if t["error_code"] not in (0, TOPIC_ALREADY_EXISTS):
+                    raise RuntimeError(f"cannot create topic {t['name']}: {t.get('error_message')}")
+        finally:
+            admin.close()
+
+    def producer(self, **overrides: Any) -> KafkaProducer:
+        """acks=all with bounded retries; failures surface within ``delivery_timeout_ms``.
+
+        Idempotence is off: duplicates from retries are removed by consumers (stable event_id),
+        and producer-id sequence state does not survive a restart of the local broker.
+        """
+        config: dict[str, Any] = dict(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=f"{self.client_id}-producer",
+            acks="all",
+            retries=5,
+            enable_idempotence=False,
+            linger_ms=5,
+            request_timeout_ms=5_000,
+            delivery_timeout_ms=15_000,
+            max_block_ms=5_000,
+            bootstrap_timeout_ms=5_000,
+            reconnect_backoff_max_ms=2_000,
+        )
+        config.update(overrides)
+        return KafkaProducer(**config)
+
+    def consumer(self, group_id: str, shorts: Iterable[str], **overrides: Any) -> KafkaConsumer:
+        config: dict[str, Any] = dict(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=f"{self.client_id}-{group_id}",
+            group_id=group_id,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=200,
+            reconnect_backoff_max_ms=2_000,
+        )
+        config.update(overrides)
+        consumer = KafkaConsumer(**config)
+        consumer.subscribe([self.topic(s) for s in shorts])
+        return consumer
+
+    def send_sync(self, producer: KafkaProducer, short: str, event: Event, timeout_s: float = 15.0) -> None:
+        """Publish and wait for the broker's ack (workers that must not mark work done before it)."""
+        producer.send(self.topic(short), event.to_bytes(), key=event.key()).get(timeout=timeout_s)
+
+    def run_consumer(self, consumer: KafkaConsumer, handler: Handler, *, stop: threading.Event,
+                     dead_letter_producer: KafkaProducer, **kwargs: Any) -> None:
+        run_consumer(consumer, handler, stop=stop, dead_letter_producer=dead_letter_producer,
+                     topic_prefix=self.settings.topic_prefix, **kwargs)
+
+
+def _classifier_of(key: bytes | None) -> str:
+    try:
+        return key.decode() if key else "unknown"
+    except UnicodeDecodeError:
+        return "unknown"
+
+
+def _payload_text(value: bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", errors="replace")
+
+
+def run_consumer(
+    consumer: KafkaConsumer,
+    handler: Handler,
+    *,
+    stop: threading.Event,
+    dead_letter_producer: KafkaProducer,
+    topic_prefix: str = "sift.",
+    max_attempts: int = 5,
+    backoff_s: float = 0.2,
+    max_backoff_s: float = 5.0,
+    poll_timeout_ms: int = 500,
+) -> None:
+    """Consume until ``stop`` is set: parse, handle, then commit that record's offset alone.
+
+    - unparsable record, or handler raises PermanentError → dead-letter, commit, carry on;
+    - TransientError / broker or network errors → seek back to the record, back off, retry it
+      (nothing committed; other partitions keep going);
+    - any other exception is retried ``max_attempts`` times, then dead-lettered, so a bug that
+      fails one record cannot block its partition forever.
+
+    Commits are synchronous per record: at-least-once with the smallest redelivery window.
+    """
+    dl_topic = topic_prefix + TOPIC_DEAD_LETTER
+    attempts: dict[tuple[TopicPartition, int], int] = {}
+    failures = 0
+
+    def short(topic: str) -> str:
+        return topic[len(topic_prefix):] if topic_prefix and topic.startswith(topic_prefix) else topic
+
+    def dead_letter(record: Any, error: str) -> None:
+        dl = DeadLetter(
+            classifier=_classifier_of(record.key),
+            original_topic=record.topic,
+            payload=_payload_text(record.value),
+            error=error[:4000],
+        )
+        # wait for the ack: the poison record is committed only once its copy is safe
+        dead_letter_producer.send(dl_topic, dl.to_bytes(), key=dl.key()).get(timeout=15)
+        log.warning("dead-lettered %s@%s:%s: %s", record.topic, record.partition, record.offset, error)
+
+    def commit(tp: TopicPartition, offset: int) -> None:
+        try:
+            consumer.commit({tp: OffsetAndMetadata(offset + 1, None, -1)})
+        except KafkaError:
+            # the side effect is done; the record may come again after a rebalance: dedupe covers it
+            log.warning("commit of %s:%s failed", tp, offset, exc_info=True)
+
+    def process(record: Any) -> bool:
+        """True when the record is finished (handled or dead-lettered) and may be committed."""
+        tp = TopicPartition(record.topic, record.partition)
+        try:
+            event = parse_event(short(record.topic), record.value)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is permanent for this payload
+            dead_letter(record, f"unparsable: {type(exc).__name__}: {exc}")
+            return True
+        try:
+            handler(short(record.topic), event)
+            return True
+        except PermanentError as exc:
+            dead_letter(record, f"permanent: {exc}")
+            return True
+        except _TRANSIENT:
+            raise
+        except Exception as exc:
+            n = attempts.get((tp, record.offset), 0) + 1
+            attempts[(tp, record.offset)] = n
+            if n < max_attempts:
+                raise TransientError(f"attempt {n}/{max_attempts}: {exc!r}") from exc
+            dead_letter(record, f"failed {n} times: {type(exc).__name__}: {exc}")
+            return True
+
+    while not stop.is_set():
+        try:
+            batches = consumer.poll(timeout_ms=poll_timeout_ms)
+        except KafkaError:
+            log.warning("poll failed; backing off", exc_info=True)
+            stop.wait(min(max_backoff_s, backoff_s * 2 ** min(failures, 8)))
+            failures += 1
+            continue
+        retry = False
+        for tp, records in batches.items():
+            for record in records:
+                if stop.is_set():
+                    return  # uncommitted records are redelivered to whoever consumes next
+                try:
+                    done = process(record)
+                except _TRANSIENT as exc:
+                    log.warning("transient failure on %s:%s (%s); will retry", tp, record.offset, exc)
+                    consumer.seek(tp, record.offset)
+                    retry = True
+                    break  # the rest of this partition's batch waits for this record
+                if done:
+                    attempts.pop((tp, record.offset), None)
+                    commit(tp, record.offset)
+        if retry:
+            failures += 1
+            stop.wait(min(max_backoff_s, backoff_s * 2 ** min(failures, 8)))
+        else:
+            failures = 0
+
+
+class Deduper:
+    """Bounded LRU of seen event ids: drops the duplicates at-least-once delivery brings.
+
+    In memory only; a consumer that needs dedupe across restarts also checks its durable store
+    (e.g. the Label Studio task it would create) before acting.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, event_id: str) -> bool:
+        with self._lock:
+            if event_id in self._seen:
+                self._seen.move_to_end(event_id)
+                return True
+            return False
+
+    def add(self, event_id: str) -> None:
+        with self._lock:
+            self._seen[event_id] = None
+            self._seen.move_to_end(event_id)
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+
+    def first_time(self, event_id: str) -> bool:
+        """Check and mark in one step; True the first time an id is seen."""
+        with self._lock:
+            if event_id in self._seen:
+                self._seen.move_to_end(event_id)
+                return False
+            self._seen[event_id] = None
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+            return True
+
