@@ -243,3 +243,11 @@ def test_label_studio_restart_keeps_data(label_studio: LabelStudioService) -> No
     label_studio.server.restart(timeout=120)
     projects = httpx.get(f"{label_studio.url}/api/projects", headers=headers, params={"page_size": 100}).json()
     assert title in [p["title"] for p in projects["results"]]
+
+
+@pytest.mark.labelstudio
+def test_sift_settings_include_label_studio_when_requested(sift_settings: Settings,
+                                                           label_studio: LabelStudioService) -> None:
+    assert sift_settings.label_studio_url == label_studio.url
+    assert sift_settings.label_studio_token == label_studio.token
+    assert os.environ["SIFT_LABEL_STUDIO_URL"] == label_studio.url
