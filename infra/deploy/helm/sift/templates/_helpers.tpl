@@ -1,0 +1,10 @@
+{{- define "sift.env" -}}
+envFrom:
+  - secretRef:
+      name: {{ .Values.existingSecret }}
+env:
+{{- range $k, $v := .Values.settings }}
+  - name: {{ $k }}
+    value: {{ $v | quote }}
+{{- end }}
+{{- end -}}
