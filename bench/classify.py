@@ -1,0 +1,191 @@
+"""Serving benchmark: Sift's classify endpoint vs a naive per-request transformers pipeline.
+
+Same model (the shipped MiniLM encoder with an 8-label head), same texts (Reuters R8 newswire,
+truncated to 128 tokens), same load from a separate process on loopback. Each server runs alone
+(the other is stopped) so they do not share the 2 cores. Phases, bounded in time:
+
+1. closed loop, 16 concurrent clients, DURATION seconds each: texts/s, p50, p99;
+2. open loop at 80% of the baseline's closed-loop throughput (a load the baseline sustains):
+   p50/p99 of both.
+
+    .venv/bin/python bench/classify.py [--duration 20] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from infra.local.mlflow_server import MlflowServer  # noqa: E402
+from infra.local.procs import free_port, wait_until  # noqa: E402
+from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402
+from infra.local.stack import settings_env  # noqa: E402
+from infra.settings import Settings, default_base_model  # noqa: E402
+
+LABELS = ["acq", "crude", "earn", "grain", "interest", "money-fx", "ship", "trade"]
+
+
+def make_model_dir(out: Path) -> Path:
+    """The base encoder with a fresh 8-way head: serving cost is what is measured, not accuracy."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = default_base_model()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={v: i for i, v in enumerate(LABELS)}
+    )
+    tok = AutoTokenizer.from_pretrained(base)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "sift_model.json").write_text(json.dumps(
+        {"labels": LABELS, "base_model": base, "max_length": 128, "classifier": "bench", "metrics": {},
+         "dataset_fingerprint": ""}))
+    return out
+
+
+def bench_texts(n: int = 500) -> list[str]:
+    try:
+        from retrain.corpora import load_corpus
+
+        return [r.text for r in load_corpus("reuters-r8", "test")[:n]]
+    except Exception as exc:  # noqa: BLE001 - corpus unavailable offline: synthetic newswire-length texts
+        print(f"(Reuters R8 unavailable: {exc}; using synthetic texts)")
+        words = ("oil prices rose as the company said quarterly net profit shares trade deficit "
+                 "bank rates").split()
+        return [" ".join(words[(i + j) % len(words)] for j in range(90)) for i in range(n)]
+
+
+def run_load(url: str, key: str, texts_file: Path, *, concurrency: int = 16, rate: float = 0,
+             duration: float = 20) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--texts", str(texts_file),
+           "--concurrency", str(concurrency), "--duration", str(duration), "--api-key", key]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready_path: str = "/healthz"
+          ) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    ok = wait_until(lambda: _get(f"http://127.0.0.1:{port}{ready_path}"), timeout=180)
+    if not ok:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return proc
+
+
+def _get(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "classify.json")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="sift-bench-"))
+    texts_file = work / "texts.json"
+    texts_file.write_text(json.dumps(bench_texts()))
+    model_dir = make_model_dir(work / "model")
+
+    s3 = SeaweedServer(work / "s3", access_key="bench", secret_key="bench-secret-key", log_dir=work).start()
+    ensure_bucket(s3.client, "sift-bench")
+    mlf = MlflowServer(work / "mlflow", s3_endpoint=s3.endpoint, s3_access_key="bench",
+                       s3_secret_key="bench-secret-key", bucket="sift-bench", log_dir=work).start()
+    sift_port, base_port = free_port(), free_port()
+    settings = Settings(data_dir=work / "data", s3_endpoint=s3.endpoint, s3_access_key="bench",
+                        s3_secret_key="bench-secret-key", bucket="sift-bench",
+                        mlflow_tracking_uri=mlf.tracking_uri, kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                        model_watch=False)
+    env = settings_env(settings)
+    results: dict[str, dict] = {}
+    try:
+        os.environ.update(env)
+        import mlflow
+
+        from infra.objectstore import ObjectStore
+        from infra.registry import Registry, configure_mlflow
+        from infra.tenants import ClassifierConfig, TenantStore
+
+        store = ObjectStore(settings)
+        _, key = TenantStore(store).create(ClassifierConfig(name="bench", labels=LABELS, threshold=0.0001))
+        configure_mlflow(settings)
+        mlflow.set_experiment("sift-bench")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(model_dir), "model")
+        reg = Registry(settings)
+        reg.set_champion("bench", reg.register("bench", run.info.run_id).version)
+
+        # baseline alone
+        base = serve([sys.executable, str(ROOT / "bench" / "baseline_server.py"), "--model", str(model_dir),
+                      "--port", str(base_port)], base_port, {}, work / "baseline.log")
+        base_url = f"http://127.0.0.1:{base_port}/classify"
+        run_load(base_url, "", texts_file, concurrency=4, duration=3)  # warm-up
+        results["baseline_closed"] = run_load(base_url, "", texts_file, concurrency=args.concurrency,
+                                              duration=args.duration)
+        rate = max(1.0, 0.8 * results["baseline_closed"]["texts_per_s"])
+        results["baseline_open"] = run_load(base_url, "", texts_file, rate=rate, duration=args.duration)
+        stop(base)
+
+        sift = serve([sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
+                      "--port", str(sift_port), "--no-access-log", "--log-level", "warning"], sift_port, env,
+                     work / "sift.log", ready_path="/readyz")
+        sift_url = f"http://127.0.0.1:{sift_port}/v1/classifiers/bench/classify"
+        run_load(sift_url, key, texts_file, concurrency=4, duration=3)
+        results["sift_closed"] = run_load(sift_url, key, texts_file, concurrency=args.concurrency,
+                                          duration=args.duration)
+        results["sift_open"] = run_load(sift_url, key, texts_file, rate=rate, duration=args.duration)
+        stop(sift)
+    finally:
+        mlf.stop()
+        s3.stop()
+
+    b, s = results["baseline_closed"], results["sift_closed"]
+    bo, so = results["baseline_open"], results["sift_open"]
+    lines = [
+        f"classify benchmark: {args.concurrency} concurrent clients, {args.duration:.0f} s per phase, "
+        f"open loop at {rate:.1f} req/s (80% of baseline capacity)",
+        "",
+        "| phase | metric | baseline (pipeline per request) | Sift | ratio |",
+        "|---|---|---|---|---|",
+        f"| closed loop | texts/s | {b['texts_per_s']:.1f} | {s['texts_per_s']:.1f} | "
+        f"{s['texts_per_s'] / b['texts_per_s']:.2f}x |",
+        f"| closed loop | p50 ms | {b['p50_ms']:.1f} | {s['p50_ms']:.1f} | {b['p50_ms'] / s['p50_ms']:.2f}x |",
+        f"| closed loop | p99 ms | {b['p99_ms']:.1f} | {s['p99_ms']:.1f} | {b['p99_ms'] / s['p99_ms']:.2f}x |",
+        f"| open loop {rate:.0f}/s | p50 ms | {bo['p50_ms']:.1f} | {so['p50_ms']:.1f} | "
+        f"{bo['p50_ms'] / so['p50_ms']:.2f}x |",
+        f"| open loop {rate:.0f}/s | p99 ms | {bo['p99_ms']:.1f} | {so['p99_ms']:.1f} | "
+        f"{bo['p99_ms'] / so['p99_ms']:.2f}x |",
+        f"| all | errors | {b['errors'] + bo['errors']} | {s['errors'] + so['errors']} | |",
+    ]
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"results": results, "rate": rate, "table": lines}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
