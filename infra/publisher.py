@@ -71,8 +71,13 @@ class EventPublisher:
 
     # ---- caller side -------------------------------------------------------------------------
 
-    def publish(self, short_topic: str, event: Event) -> None:
-        """Queue the event for the broker; returns at once and never raises for the broker."""
+    def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None:
+        """Queue the event for the broker; never raises for the broker.
+
+        Returns at once by default (request paths). Bulk producers (batch uploads) pass ``block_s``
+        to wait that long for queue room — backpressure while the broker keeps up — before the
+        event goes to the spool instead.
+        """
         try:
             record = SpooledRecord(
                 topic=self.bus.topic(short_topic),
@@ -87,7 +92,10 @@ class EventPublisher:
             self._to_spool([record])
             return
         try:
-            self._queue.put_nowait(record)
+            if block_s > 0:
+                self._queue.put(record, timeout=block_s)
+            else:
+                self._queue.put_nowait(record)
         except queue.Full:
             # the sender is stuck (broker slow): the disk takes it, still without waiting on Kafka
             self._to_spool([record])

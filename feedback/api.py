@@ -1,0 +1,186 @@
+"""Explicit feedback over HTTP: one like/dislike, or a batch file of texts to review.
+
+Both end in ``review-requests`` events published through the app's non-blocking, spooling
+``EventPublisher`` (``services.extras["publisher"]``), so a broker outage never fails a request.
+Idempotency: an ``Idempotency-Key`` header fixes the event id(s), and consumers dedupe by it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
+from pydantic import BaseModel, Field, model_validator
+
+from feedback.ingest import SNIFF_BYTES, MalformedFile, detect_format
+from feedback.uploads import (
+    API_SUBFOLDER,
+    MAX_ROWS,
+    KeepOpen,
+    UploadReport,
+    file_sha256,
+    prefix_for,
+    process_file,
+    rejected_report,
+    report_key,
+    safe_filename,
+)
+from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, new_id, stable_id
+from infra.http import Services, get_services, tenant_for_key
+from infra.predictions import PredictionRecord
+from infra.tenants import ClassifierConfig
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["feedback"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=200, description="same key → same event id (deduped downstream)"),
+]
+
+
+class FeedbackRequest(BaseModel):
+    prediction_id: str | None = Field(default=None, max_length=64, description="id returned by classify")
+    text: str | None = Field(default=None, description="the classified text, when there is no prediction_id")
+    label: str | None = Field(default=None, description="the label the text got, when there is no prediction_id")
+    verdict: Literal["like", "dislike"]
+    correct_label: str | None = Field(default=None, description="what the label should have been (dislike)")
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _reference(self) -> FeedbackRequest:
+        if self.prediction_id is None and (self.text is None or self.label is None):
+            raise ValueError("send a prediction_id, or the text and the label it got")
+        return self
+
+
+class FeedbackAccepted(BaseModel):
+    event_id: str
+    classifier: str
+    status: Literal["accepted"] = "accepted"
+
+
+def _publisher(services: Services) -> Any:
+    publisher = services.extras.get("publisher")
+    if publisher is None:
+        raise HTTPException(503, "feedback is not available: this process has no event publisher")
+    return publisher
+
+
+def _check_label(cfg: ClassifierConfig, label: str, field: str) -> None:
+    if label not in cfg.labels:
+        raise HTTPException(
+            422, f"{field}: unknown label {label!r} for classifier {cfg.name!r} (labels: {', '.join(cfg.labels)})"
+        )
+
+
+def _lookup(services: Services, cfg: ClassifierConfig, prediction_id: str) -> PredictionRecord | None:
+    store = services.extras.get("predictions")
+    if store is None:
+        return None
+    try:
+        return store.get(cfg.name, prediction_id)
+    except Exception as exc:  # the object store is down: say so rather than "unknown"
+        log.warning("prediction lookup failed", exc_info=True)
+        raise HTTPException(503, "cannot look up predictions right now; retry, or send text and label") from exc
+
+
+@router.post(
+    "/v1/classifiers/{name}/feedback",
+    status_code=202,
+    response_model=FeedbackAccepted,
+    responses={
+        401: {"description": "missing or invalid API key"},
+        403: {"description": "the key belongs to another classifier"},
+        404: {"description": "unknown classifier or prediction"},
+        413: {"description": "text too long"},
+        422: {"description": "wrong verdict, unknown label, missing reference"},
+    },
+)
+def post_feedback(
+    body: FeedbackRequest,
+    cfg: ClassifierConfig = Depends(tenant_for_key),
+    services: Services = Depends(get_services),
+    idempotency_key: IdempotencyKey = None,
+) -> FeedbackAccepted:
+    """Like or dislike one prediction; becomes a ``user_feedback`` review request."""
+    publisher = _publisher(services)
+    record = _lookup(services, cfg, body.prediction_id) if body.prediction_id else None
+    if body.prediction_id and record is None and (body.text is None or body.label is None):
+        raise HTTPException(
+            404,
+            f"unknown prediction {body.prediction_id!r} for classifier {cfg.name!r} (a prediction is findable "
+            "a moment after classify returns; or send the text and the label it got)",
+        )
+    if record is not None:
+        text, label = record.text, record.label
+        confidence, scores, model_version = record.confidence, record.scores, record.model_version
+    else:
+        assert body.text is not None and body.label is not None
+        text, label, confidence, scores, model_version = body.text, body.label, None, {}, None
+        if not text.strip():
+            raise HTTPException(422, "text is empty")
+        limit = services.settings.max_text_chars
+        if len(text) > limit:
+            raise HTTPException(413, f"text has {len(text)} characters; the limit is {limit}")
+        _check_label(cfg, label, "label")
+    if body.correct_label is not None:
+        _check_label(cfg, body.correct_label, "correct_label")
+        if body.verdict == "like" and body.correct_label != label:
+            raise HTTPException(422, "a 'like' confirms the predicted label; send verdict 'dislike' with correct_label")
+    event_id = stable_id("user_feedback", cfg.name, idempotency_key) if idempotency_key else new_id()
+    event = ReviewRequest(
+        event_id=event_id, classifier=cfg.name, text=text, predicted_label=label, confidence=confidence,
+        scores=scores, model_version=model_version, source="user_feedback", verdict=body.verdict,
+        suggested_label=body.correct_label, comment=body.comment, prediction_id=body.prediction_id,
+    )
+    publisher.publish(TOPIC_REVIEW_REQUESTS, event)
+    return FeedbackAccepted(event_id=event_id, classifier=cfg.name)
+
+
+@router.post(
+    "/v1/classifiers/{name}/feedback/batch",
+    status_code=202,
+    response_model=UploadReport,
+    responses={
+        400: {"description": "malformed file (the reason is in detail)"},
+        401: {"description": "missing or invalid API key"},
+        404: {"description": "unknown classifier"},
+    },
+)
+def post_feedback_batch(
+    file: UploadFile = File(..., description="CSV, JSONL or {\"classifier\", \"sentences\"} JSON"),
+    cfg: ClassifierConfig = Depends(tenant_for_key),
+    services: Services = Depends(get_services),
+    idempotency_key: IdempotencyKey = None,
+) -> UploadReport:
+    """Upload a file of texts to review; every good row becomes a ``batch_feedback`` review request.
+
+    The multipart body is spooled to a temporary file by the server (bounded memory), copied raw to
+    ``feedback-uploads/<classifier>/api/<upload_id>/<filename>`` with a report next to it, then
+    validated and published in two streaming passes. Sync on purpose: FastAPI runs it in a worker
+    thread, so the event loop keeps serving classify while a 100k-row file is processed.
+    """
+    publisher = _publisher(services)
+    f = file.file
+    digest, size = file_sha256(f)
+    if size == 0:
+        raise HTTPException(400, "the uploaded file is empty")
+    basis = stable_id("batch_feedback", cfg.name, idempotency_key) if idempotency_key else digest[:32]
+    source_key = f"{prefix_for(cfg.name)}{API_SUBFOLDER}/{basis}/{safe_filename(file.filename)}"
+    services.store.upload_stream(source_key, KeepOpen(f))
+    f.seek(0)
+    fmt = None
+    try:
+        fmt = detect_format(file.filename, f.read(SNIFF_BYTES))
+        report = process_file(
+            f, fmt, cfg, publisher, basis=basis, source_key=source_key,
+            max_text_chars=services.settings.max_text_chars, max_rows=MAX_ROWS,
+        )
+    except MalformedFile as exc:
+        report = rejected_report(cfg, basis=basis, source_key=source_key, fmt=fmt, error=str(exc))
+        services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
+        raise HTTPException(400, f"malformed file {file.filename!r}: {exc}") from exc
+    services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
+    return report

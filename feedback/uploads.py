@@ -1,0 +1,157 @@
+"""Turning one stored batch file into review requests and a report — shared by the upload API and
+the S3 drop-folder worker.
+
+Two streaming passes over a local (temporary) copy: the first validates everything and counts,
+the second publishes. So a file that turns out to be malformed halfway (a truncated JSON
+document) produces a 400 / a "rejected" report and *no* events, while memory stays bounded.
+Event ids are ``stable_id(classifier, basis, row)`` where ``basis`` is the Idempotency-Key or the
+file's content hash: re-sending the same file is deduped downstream instead of reviewed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from feedback.ingest import FeedbackRow, Format, MalformedFile, RowError, iter_rows
+from infra.events import TOPIC_REVIEW_REQUESTS, Event, ReviewRequest, stable_id
+from infra.tenants import ClassifierConfig
+
+UPLOAD_PREFIX = "feedback-uploads"
+API_SUBFOLDER = "api"  # uploads through the API land here; the drop-folder worker skips it
+REPORT_SUFFIX = ".report.json"
+MAX_REPORTED_REJECTS = 100
+MAX_ROWS = 1_000_000
+
+
+class Publisher(Protocol):
+    def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None: ...
+
+
+class RejectedRow(BaseModel):
+    row: int
+    reason: str
+
+
+class UploadReport(BaseModel):
+    classifier: str
+    upload_id: str = Field(description="basis of the event ids: Idempotency-Key hash or content hash")
+    source_key: str = Field(description="the raw file in the object store")
+    format: Format | None = None
+    status: Literal["done", "rejected"] = "done"
+    error: str | None = Field(default=None, description="why the whole file was rejected")
+    rows_total: int = 0
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    rejected: list[RejectedRow] = Field(default_factory=list, description=f"first {MAX_REPORTED_REJECTS}")
+    rejected_truncated: bool = False
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+
+
+def prefix_for(classifier: str) -> str:
+    return f"{UPLOAD_PREFIX}/{classifier}/"
+
+
+def report_key(source_key: str) -> str:
+    return source_key + REPORT_SUFFIX
+
+
+def safe_filename(name: str | None) -> str:
+    base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", base)[:120] or "upload"
+
+
+def file_sha256(f: IO[bytes], chunk: int = 1 << 20) -> tuple[str, int]:
+    """Content hash and size, reading in chunks; leaves the file at its start."""
+    f.seek(0)
+    digest, size = hashlib.sha256(), 0
+    while block := f.read(chunk):
+        digest.update(block)
+        size += len(block)
+    f.seek(0)
+    return digest.hexdigest(), size
+
+
+class KeepOpen:
+    """File proxy whose close() does nothing: boto3's upload_fileobj closes what it is given, and
+    the same temporary file is parsed after the raw copy is stored."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        pass
+
+
+def event_for(row: FeedbackRow, cfg: ClassifierConfig, basis: str) -> ReviewRequest:
+    return ReviewRequest(
+        event_id=stable_id("batch_feedback", cfg.name, basis, str(row.row)),
+        classifier=cfg.name,
+        text=row.text,
+        predicted_label=row.predicted_label,
+        source="batch_feedback",
+        verdict=row.verdict,
+        suggested_label=row.label,
+        comment=row.comment,
+        prediction_id=row.prediction_id,
+    )
+
+
+def process_file(
+    f: IO[bytes],
+    fmt: Format,
+    cfg: ClassifierConfig,
+    publisher: Publisher,
+    *,
+    basis: str,
+    source_key: str,
+    max_text_chars: int,
+    max_rows: int = MAX_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> UploadReport:
+    """Validate then publish every good row of a seekable file; MalformedFile leaves no events."""
+    report = UploadReport(classifier=cfg.name, upload_id=basis, source_key=source_key, format=fmt)
+    f.seek(0)
+    for item in iter_rows(f, fmt, cfg, max_text_chars):  # pass 1: validate and count only
+        report.rows_total += 1
+        if report.rows_total > max_rows:
+            raise MalformedFile(f"more than {max_rows} rows; split the file")
+        if isinstance(item, RowError):
+            report.rows_rejected += 1
+            if len(report.rejected) < MAX_REPORTED_REJECTS:
+                report.rejected.append(RejectedRow(row=item.row, reason=item.reason))
+            else:
+                report.rejected_truncated = True
+        else:
+            report.rows_accepted += 1
+    f.seek(0)
+    done = 0
+    for item in iter_rows(f, fmt, cfg, max_text_chars):  # pass 2: publish
+        if isinstance(item, FeedbackRow):
+            publisher.publish(TOPIC_REVIEW_REQUESTS, event_for(item, cfg, basis), block_s=1.0)
+            done += 1
+            if progress and done % 1000 == 0:
+                progress(done)
+    report.finished_at = datetime.now(UTC)
+    return report
+
+
+def rejected_report(cfg: ClassifierConfig, *, basis: str, source_key: str, fmt: Format | None,
+                    error: str) -> UploadReport:
+    return UploadReport(classifier=cfg.name, upload_id=basis, source_key=source_key, format=fmt,
+                        status="rejected", error=error, finished_at=datetime.now(UTC))
