@@ -1,0 +1,86 @@
+"""S3 drop folder on the real S3 server and broker: files become events once, reports land next to
+them, markers survive a worker restart, re-uploads are ingested again, bad files get a report."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+
+from feedback.dropfolder import DropFolder, marker_key, run_dropfolder_worker
+from infra.objectstore import ObjectStore
+from infra.publisher import EventPublisher
+from infra.settings import Settings
+from infra.tenants import ClassifierConfig, TenantStore
+from tests.bus_helpers import isolated, read_topic, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def env(sift_settings: Settings):  # noqa: ANN201
+    settings = isolated(sift_settings)
+    store = ObjectStore(settings)
+    name = f"drop-{uuid.uuid4().hex[:8]}"
+    TenantStore(store).create(ClassifierConfig(name=name, labels=["sports", "tech"]))
+    publisher = EventPublisher(settings)
+    yield settings, store, name, publisher
+    publisher.close()
+    TenantStore(store).delete(name)
+
+
+def test_dropped_files_are_ingested_once_with_a_report(env) -> None:  # noqa: ANN001
+    settings, store, name, publisher = env
+    good = f"feedback-uploads/{name}/2024/batch.csv"
+    store.put_bytes(good, b"text,label\nCup final,sports\n,tech\nNew chip,tech\n")
+    bad = f"feedback-uploads/{name}/broken.json"
+    store.put_bytes(bad, b'{"classifier": "' + name.encode() + b'", "sentences": ["a"')
+
+    folder = DropFolder(settings, publisher)
+    reports = {r.source_key: r for r in folder.run_once()}
+    assert set(reports) == {good, bad}
+    assert (reports[good].rows_accepted, reports[good].rows_rejected) == (2, 1)
+    assert reports[good].rejected[0].reason == "empty text"
+    assert reports[bad].status == "rejected" and "truncated JSON" in (reports[bad].error or "")
+
+    stored = store.get_json(good + ".report.json")
+    assert stored["rows_accepted"] == 2 and stored["rejected"] == [{"row": 2, "reason": "empty text"}]
+    assert store.get_json(marker_key(name, good))["status"] == "done"
+
+    events = read_topic(settings, "review-requests", expect=2)
+    assert [(e.text, e.source, e.suggested_label) for e in events] == [
+        ("Cup final", "batch_feedback", "sports"), ("New chip", "batch_feedback", "tech")]
+
+    # a restarted worker (fresh process state) finds the durable markers and does nothing
+    assert DropFolder(settings, publisher).run_once() == []
+
+    # a new version of the same key is ingested again
+    store.put_bytes(good, b"text\nSomething else\n")
+    again = DropFolder(settings, publisher).run_once()
+    assert [(r.source_key, r.rows_accepted) for r in again] == [(good, 1)]
+
+
+def test_api_uploads_and_reports_are_not_reingested(env) -> None:  # noqa: ANN001
+    settings, store, name, publisher = env
+    store.put_bytes(f"feedback-uploads/{name}/api/abc/f.csv", b"text\nx\n")
+    store.put_bytes(f"feedback-uploads/{name}/old.csv.report.json", json.dumps({"x": 1}).encode())
+    assert DropFolder(settings, publisher).run_once() == []
+
+
+def test_worker_loop_picks_up_new_files_until_stopped(env) -> None:  # noqa: ANN001
+    settings, store, name, _ = env
+    stop = threading.Event()
+    t = threading.Thread(target=run_dropfolder_worker, args=(settings, stop), kwargs={"poll_s": 0.5}, daemon=True)
+    t.start()
+    try:
+        key = f"feedback-uploads/{name}/live.jsonl"
+        store.put_bytes(key, b'{"text": "Late goal", "label": "sports", "verdict": "dislike"}\n')
+        assert wait_until(lambda: store.get_json(key + ".report.json") is not None, 30)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+    events = read_topic(settings, "review-requests", expect=1)
+    assert [(e.text, e.verdict) for e in events] == [("Late goal", "dislike")]
