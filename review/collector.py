@@ -1,0 +1,244 @@
+"""Collecting finished reviews: webhook deliveries and the reconciliation pass share one path.
+
+Label Studio sends webhooks inside the annotating request, with a 1 s timeout and no retry
+queue, so a webhook can be lost at any time; the reconciliation pass reads finished tasks
+through the API and closes that gap. Both go through ``Collector.record``, which is idempotent:
+the event id is derived from (annotation id, chosen label), so the same answer seen twice is one
+record, and a reviewer who changes their answer produces a new one (the latest wins on read).
+
+Per finished review, in this order:
+1. ``datasets/<classifier>/reviewed/<reviewed-at>-<event-id>.jsonl`` (immutable, one per append);
+2. a ``reviewed-labels`` event;
+3. the marker ``review/<classifier>/collected/<event-id>`` that makes later deliveries no-ops.
+A crash between steps repeats them on the next delivery; readers dedupe by event id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel
+
+from infra.bus import Bus
+from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel, stable_id
+from infra.objectstore import ObjectStore
+from infra.settings import Settings
+from infra.tenants import ClassifierConfig, TenantStore
+from review.labelstudio import FinishedAnnotation, LabelStudioUnavailable, ReviewProjects, parse_annotation
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[ReviewedLabel], None]
+
+RECONCILE_OVERLAP = timedelta(minutes=10)  # tolerate clock skew between Label Studio and us
+FULL_SCAN_EVERY = 20  # passes; catches edits that did not move a task's updated_at
+
+
+def dataset_prefix(classifier: str) -> str:
+    return f"datasets/{classifier}/reviewed/"
+
+
+def _collected_prefix(classifier: str) -> str:
+    return f"review/{classifier}/collected/"
+
+
+def reviewed_event(classifier: str, ann: FinishedAnnotation) -> ReviewedLabel | None:
+    """The reviewed-label event of one annotation; None when the task is not one of ours."""
+    data = ann.data
+    text = data.get("text")
+    if not isinstance(text, str):
+        return None
+    origin = data.get("origin")
+    return ReviewedLabel(
+        event_id=stable_id(classifier, "ls-annotation", str(ann.annotation_id), ann.label or "\x00skipped"),
+        classifier=classifier,
+        text=text,
+        label=ann.label,
+        skipped=ann.skipped,
+        reviewer=ann.reviewer or (f"user-{ann.reviewer_id}" if ann.reviewer_id is not None else None),
+        review_task_id=ann.task_id,
+        source=origin if origin in ("low_confidence", "user_feedback", "batch_feedback") else None,
+        predicted_label=data.get("predicted_label"),
+        prediction_id=data.get("prediction_id"),
+        model_version=data.get("model_version"),
+        reviewed_at=ann.updated_at or datetime.now(UTC),
+    )
+
+
+class ReconcileReport(BaseModel):
+    classifier: str
+    tasks_seen: int = 0
+    annotations_seen: int = 0
+    recorded: int = 0
+    full_scan: bool = False
+    seconds: float = 0.0
+
+
+class Collector:
+    def __init__(self, settings: Settings, store: ObjectStore, tenants: TenantStore, publish: Publish,
+                 projects: ReviewProjects | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.tenants = tenants
+        self.publish = publish
+        self.projects = projects or ReviewProjects.from_settings(settings)
+
+    def collected_ids(self, classifier: str) -> set[str]:
+        p = _collected_prefix(classifier)
+        return {k[len(p):] for k in self.store.list_keys(p)}
+
+    def record(self, classifier: str, ann: FinishedAnnotation, known: set[str] | None = None) -> bool:
+        """Write one finished review (dataset file, event, marker); False if already recorded."""
+        event = reviewed_event(classifier, ann)
+        if event is None:
+            return False
+        marker = _collected_prefix(classifier) + event.event_id
+        done = (event.event_id in known) if known is not None else self.store.exists(marker)
+        if done:
+            return False
+        stamp = event.reviewed_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        key = f"{dataset_prefix(classifier)}{stamp}-{event.event_id}.jsonl"
+        self.store.put_bytes(key, event.to_bytes() + b"\n", "application/x-ndjson")
+        self.publish(event)
+        self.store.put_bytes(marker, key.encode())
+        if known is not None:
+            known.add(event.event_id)
+        log.info("review of task %s in %s recorded (%s)", ann.task_id, classifier,
+                 "skipped" if event.skipped else "labelled")
+        return True
+
+    def classifier_of(self, project_id: int | None, data: dict) -> ClassifierConfig | None:
+        """The classifier a task belongs to: named in its data, confirmed by the project id."""
+        name = data.get("classifier")
+        if not isinstance(name, str):
+            return None
+        cfg = self.tenants.get(name)
+        if cfg is None or (project_id is not None and cfg.label_studio_project_id != project_id):
+            return None
+        return cfg
+
+    def handle_webhook(self, payload: dict) -> bool:
+        """Process one ANNOTATION_CREATED/UPDATED payload; True when a new record was written."""
+        task, annotation = payload.get("task") or {}, payload.get("annotation") or {}
+        if not task or not annotation or "id" not in annotation:
+            return False
+        project = payload.get("project") or {}
+        project_id = project.get("id") if isinstance(project, dict) else task.get("project")
+        cfg = self.classifier_of(project_id, task.get("data") or {})
+        if cfg is None:
+            log.warning("webhook for task %s of an unknown project %s ignored", task.get("id"), project_id)
+            return False
+        ann = parse_annotation(task, annotation)
+        if ann.reviewer is None and ann.reviewer_id is not None:
+            with contextlib.suppress(LabelStudioUnavailable):
+                ann.reviewer = self.projects.user_email(ann.reviewer_id)
+        return self.record(cfg.name, ann)
+
+    def reconcile(self, classifier: str, *, full: bool = False) -> ReconcileReport:
+        """Read finished tasks through the API and record whatever is missing.
+
+        Incremental by default (tasks updated since the last pass, minus an overlap); the
+        watermark advances only after a pass that completed.
+        """
+        started = time.monotonic()
+        began = datetime.now(UTC)
+        report = ReconcileReport(classifier=classifier)
+        cfg = self.tenants.get(classifier)
+        if cfg is None or cfg.label_studio_project_id is None:
+            return report
+        state_key = f"review/{classifier}/reconcile.json"
+        state = self.store.get_json(state_key) or {}
+        since = None
+        if not full and state.get("watermark"):
+            since = datetime.fromisoformat(state["watermark"]) - RECONCILE_OVERLAP
+        report.full_scan = since is None
+        known = self.collected_ids(classifier)
+        for task in self.projects.finished_tasks(cfg.label_studio_project_id, updated_since=since):
+            report.tasks_seen += 1
+            if self.classifier_of(cfg.label_studio_project_id, task.get("data") or {}) is None:
+                continue
+            for ann in self.projects.annotations(task):
+                report.annotations_seen += 1
+                report.recorded += self.record(classifier, ann, known)
+        self.store.put_json(state_key, {"watermark": began.isoformat()})
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+
+def reconcile(settings: Settings, classifier: str, *, full: bool = False) -> ReconcileReport:
+    """One reconciliation pass for one classifier, publishing synchronously (acked before marked)."""
+    bus = Bus(settings, client_id="sift-reconcile")
+    producer = bus.producer()
+    try:
+        store = ObjectStore(settings)
+        collector = Collector(settings, store, TenantStore(store),
+                              lambda ev: bus.send_sync(producer, TOPIC_REVIEWED_LABELS, ev))
+        return collector.reconcile(classifier, full=full)
+    finally:
+        producer.close(timeout=5)
+
+
+def run_reconcile_loop(settings: Settings, stop: threading.Event, *, interval_s: float = 30.0) -> None:
+    """`sift worker reconcile`: a pass over every classifier every ``interval_s`` seconds."""
+    bus = Bus(settings, client_id="sift-reconcile")
+    producer = None
+    store = ObjectStore(settings)
+    tenants = TenantStore(store)
+    passes = 0
+    while not stop.is_set():
+        try:
+            producer = producer or bus.producer()
+            collector = Collector(settings, store, tenants,
+                                  lambda ev, p=producer: bus.send_sync(p, TOPIC_REVIEWED_LABELS, ev))
+            for cfg in tenants.list():
+                if stop.is_set():
+                    break
+                report = collector.reconcile(cfg.name, full=passes % FULL_SCAN_EVERY == 0)
+                if report.recorded:
+                    log.info("reconciliation recovered %d reviews of %s", report.recorded, cfg.name)
+            passes += 1
+        except Exception as exc:
+            log.warning("reconciliation pass failed: %s", exc)
+        stop.wait(interval_s)
+    if producer is not None:
+        producer.close(timeout=5)
+
+
+def _read_file(store: ObjectStore, key: str) -> list[ReviewedLabel]:
+    data = store.get_bytes(key) or b""
+    return [ReviewedLabel.model_validate_json(line) for line in data.splitlines() if line.strip()]
+
+
+def load_reviewed(store: ObjectStore, classifier: str, *, include_skipped: bool = False,
+                  workers: int = 16) -> list[ReviewedLabel]:
+    """The classifier's reviewed dataset: the latest review of each text, for the retrain stage.
+
+    Duplicates (same event id) collapse; per text the latest ``reviewed_at`` wins. Skipped
+    reviews never override a label; with ``include_skipped`` a text that was only ever skipped is
+    returned as a skipped record (label None).
+    """
+    keys = sorted(store.list_keys(dataset_prefix(classifier)))
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys) or 1))) as pool:
+        chunks = list(pool.map(lambda k: _read_file(store, k), keys))
+    seen: set[str] = set()
+    labelled: dict[str, ReviewedLabel] = {}
+    skipped: dict[str, ReviewedLabel] = {}
+    for records in chunks:
+        for rec in records:
+            if rec.event_id in seen:
+                continue
+            seen.add(rec.event_id)
+            target = skipped if rec.skipped else labelled
+            prev = target.get(rec.text)
+            if prev is None or rec.reviewed_at >= prev.reviewed_at:
+                target[rec.text] = rec
+    out = list(labelled.values())
+    if include_skipped:
+        out += [r for text, r in skipped.items() if text not in labelled]
+    return sorted(out, key=lambda r: r.reviewed_at)

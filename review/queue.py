@@ -1,0 +1,369 @@
+"""The review queue: dedupe, priority and a bounded window of open Label Studio tasks.
+
+Label Studio Community shows tasks in id order, so *we* decide what a reviewer sees next by what
+we put into it: at most ``cfg.review_window`` open tasks per classifier, refilled from a priority
+backlog. All queue state lives in the object store, never only in memory, so a worker or Label
+Studio restart loses and duplicates nothing:
+
+``review/<classifier>/items/<text-hash>.json``
+    one record per distinct text: state (``backlog`` → ``creating`` → ``open``), merged request
+    count, the event ids already applied (dedupe by event id), priority, Label Studio task id.
+``review/<classifier>/backlog/<tier>-<margin>-<first-ms>-<text-hash>``
+    empty marker objects; S3 lists keys in order, so the listing *is* the priority queue
+    (user-reported errors first, then the smallest top-2 margin, then oldest).
+``review/<classifier>/dirty/<text-hash>``
+    an open task whose data (request count, comment) could not be updated while Label Studio
+    was down; synced on the next refill.
+
+Crash safety: an item is saved before its marker is written (a redelivered event repairs a
+missing marker); before import the item is marked ``creating`` with a unique ``item_key`` that
+also goes into the task data, so a crash between import and save is resolved by adopting the
+task found by that key instead of importing a second one. One Kafka partition (key =
+classifier) is consumed by one worker at a time, so each classifier's queue has one writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from label_studio_sdk.core.api_error import ApiError
+from pydantic import BaseModel, Field
+
+from infra.bus import PermanentError
+from infra.events import ReviewRequest, ReviewSource
+from infra.objectstore import ObjectStore
+from infra.settings import Settings
+from infra.tenants import ClassifierConfig, TenantStore
+from review.labelstudio import LabelStudioUnavailable, ReviewProjects, TaskSpec, ensure_project
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_IDS = 1000
+ORIGIN_TEXT = {
+    "user_feedback": "a user reported this prediction",
+    "batch_feedback": "batch feedback",
+    "low_confidence": "the model was unsure",
+}
+
+
+def text_hash(text: str) -> str:
+    """Dedupe identity of a text within a classifier (exact text, whitespace-trimmed)."""
+    return hashlib.sha256(text.strip().encode()).hexdigest()[:40]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def tier_of(req: ReviewRequest) -> int:
+    """0: a user said the model is wrong; 1: other explicit feedback; 2: the model was unsure."""
+    disputed = req.verdict == "dislike" or (
+        req.suggested_label is not None and req.suggested_label != req.predicted_label)
+    if req.source in ("user_feedback", "batch_feedback") and disputed:
+        return 0
+    if req.source in ("user_feedback", "batch_feedback"):
+        return 1
+    return 2
+
+
+def margin_of(req: ReviewRequest) -> float:
+    """Top-2 margin ("breaking ties"), the confidence when only one score is known, else 1."""
+    scores = sorted(req.scores.values(), reverse=True)
+    if len(scores) >= 2:
+        value = scores[0] - scores[1]
+    elif req.confidence is not None:
+        value = req.confidence
+    elif scores:
+        value = scores[0]
+    else:
+        value = 1.0
+    return min(1.0, max(0.0, float(value)))
+
+
+class ReviewItem(BaseModel):
+    classifier: str
+    text_hash: str
+    text: str
+    generation: int = 0  # bumped when a text comes back after its previous task was answered
+    state: Literal["backlog", "creating", "open"] = "backlog"
+    predicted_label: str | None = None
+    confidence: float | None = None
+    model_version: str | None = None
+    prediction_id: str | None = None
+    origin: ReviewSource = "low_confidence"
+    verdict: str | None = None
+    suggested_label: str | None = None
+    comment: str | None = None
+    request_count: int = 0
+    event_ids: list[str] = Field(default_factory=list)
+    tier: int = 2
+    margin: float = 1.0
+    backlog_key: str | None = None
+    task_id: int | None = None
+    first_requested_at: datetime = Field(default_factory=_now)
+    last_requested_at: datetime = Field(default_factory=_now)
+
+    @property
+    def item_key(self) -> str:
+        return f"{self.text_hash}.{self.generation}"
+
+    @property
+    def priority(self) -> float:
+        """Higher is more urgent (stored in task data so the Data Manager can sort by it)."""
+        return round((2 - self.tier) + (1 - self.margin), 6)
+
+    def marker(self) -> str:
+        ms = int(self.first_requested_at.timestamp() * 1000)
+        return f"{self.tier}-{int(round(self.margin * 1_000_000)):07d}-{ms:013d}-{self.text_hash}"
+
+    def merge(self, req: ReviewRequest) -> None:
+        """Fold another request for the same text in: count it, keep the most urgent priority."""
+        self.request_count += 1
+        self.event_ids = (self.event_ids + [req.event_id])[-MAX_EVENT_IDS:]
+        tier = tier_of(req)
+        if tier < self.tier:
+            self.origin = req.source
+        self.tier = min(self.tier, tier)
+        self.margin = min(self.margin, margin_of(req))
+        self.comment = req.comment or self.comment
+        self.suggested_label = req.suggested_label or self.suggested_label
+        self.verdict = req.verdict or self.verdict
+        if req.predicted_label is not None:
+            self.predicted_label, self.confidence = req.predicted_label, req.confidence
+            self.model_version = req.model_version or self.model_version
+            self.prediction_id = req.prediction_id or self.prediction_id
+        self.last_requested_at = max(self.last_requested_at, req.created_at)
+
+    @classmethod
+    def new(cls, req: ReviewRequest, generation: int = 0) -> ReviewItem:
+        item = cls(classifier=req.classifier, text_hash=text_hash(req.text), text=req.text,
+                   generation=generation, origin=req.source, tier=tier_of(req), margin=margin_of(req),
+                   first_requested_at=req.created_at, last_requested_at=req.created_at)
+        item.merge(req)
+        item.tier, item.margin, item.origin = tier_of(req), margin_of(req), req.source
+        return item
+
+    def task_data(self) -> dict[str, Any]:
+        """Task data in Label Studio. Never a field named ``source`` (LS renders the whole task)."""
+        guess = (f"Model's guess: {self.predicted_label} ({self.confidence:.0%} confident)"
+                 if self.predicted_label and self.confidence is not None
+                 else f"Model's guess: {self.predicted_label or 'none'}")
+        context = (f"Why it is here: {ORIGIN_TEXT.get(self.origin, self.origin)} · requested "
+                   f"{self.request_count}× · priority {self.priority:.3f}")
+        if self.suggested_label:
+            context += f" · user suggests {self.suggested_label}"
+        return {
+            "text": self.text,
+            "guess": guess,
+            "context": context,
+            "comment_display": f"User comment: {self.comment}" if self.comment else "No user comment",
+            "predicted_label": self.predicted_label,
+            "confidence": self.confidence,
+            "origin": self.origin,
+            "comment": self.comment,
+            "suggested_label": self.suggested_label,
+            "request_count": self.request_count,
+            "priority": self.priority,
+            "classifier": self.classifier,
+            "item_key": self.item_key,
+            "text_hash": self.text_hash,
+            "prediction_id": self.prediction_id,
+            "model_version": self.model_version,
+            "requested_at": self.first_requested_at.isoformat(),
+        }
+
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec(data=self.task_data(), predicted_label=self.predicted_label,
+                        score=self.confidence, model_version=self.model_version)
+
+
+def _prefix(classifier: str, kind: str) -> str:
+    return f"review/{classifier}/{kind}/"
+
+
+def task_is_finished(task: dict[str, Any]) -> bool:
+    return (task.get("total_annotations") or 0) > 0 or (task.get("cancelled_annotations") or 0) > 0
+
+
+class ReviewQueue:
+    def __init__(self, settings: Settings, store: ObjectStore, tenants: TenantStore,
+                 projects: ReviewProjects | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.tenants = tenants
+        self.projects = projects or ReviewProjects.from_settings(settings)
+        self._verified: set[tuple[str, int]] = set()
+
+    # ---- durable records ------------------------------------------------------------------------
+
+    def load(self, classifier: str, h: str) -> ReviewItem | None:
+        data = self.store.get_json(f"{_prefix(classifier, 'items')}{h}.json")
+        return None if data is None else ReviewItem.model_validate(data)
+
+    def save(self, item: ReviewItem) -> None:
+        self.store.put_json(f"{_prefix(item.classifier, 'items')}{item.text_hash}.json", item.model_dump(mode="json"))
+
+    def _put_marker(self, item: ReviewItem) -> None:
+        assert item.backlog_key
+        self.store.put_bytes(_prefix(item.classifier, "backlog") + item.backlog_key, b"")
+
+    def _del_marker(self, classifier: str, key: str) -> None:
+        self.store.delete(_prefix(classifier, "backlog") + key)
+
+    def backlog_keys(self, classifier: str) -> list[str]:
+        p = _prefix(classifier, "backlog")
+        return [k[len(p):] for k in self.store.list_keys(p)]
+
+    def backlog_size(self, classifier: str) -> int:
+        return len(self.backlog_keys(classifier))
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    def submit(self, req: ReviewRequest) -> str:
+        """Record one request durably; returns 'duplicate', 'merged' or 'queued'.
+
+        When this returns, the request is either merged into an item (open task or backlog) or
+        is a known event id: the caller may commit its offset. Label Studio being down is not
+        an error here (the backlog holds the request); the object store being down is (raises).
+        """
+        cfg = self.tenants.get(req.classifier)
+        if cfg is None:
+            raise PermanentError(f"unknown classifier {req.classifier!r}")
+        if not req.text.strip():
+            raise PermanentError("empty text")
+        h = text_hash(req.text)
+        item = self.load(req.classifier, h)
+        if item is not None and req.event_id in item.event_ids:
+            if item.state == "backlog" and item.backlog_key:
+                self._put_marker(item)  # a crash may have left the item saved but not queued
+            return "duplicate"
+        outcome = "queued"
+        if item is not None and item.state == "open":
+            finished = False
+            try:
+                task = self.projects.get_task(item.task_id) if item.task_id is not None else None
+                finished = task is None or task_is_finished(task)
+            except LabelStudioUnavailable:
+                pass  # assume still open: the count is kept and synced later
+            if finished:
+                item = ReviewItem.new(req, generation=item.generation + 1).model_copy(
+                    update={"event_ids": (item.event_ids + [req.event_id])[-MAX_EVENT_IDS:]})
+            else:
+                item.merge(req)
+                self.save(item)
+                self._sync_task(item)
+                return "merged"
+        elif item is not None:  # backlog or creating: merge, re-key the marker if priority moved
+            item.merge(req)
+            old = item.backlog_key
+            item.backlog_key = item.marker()
+            self.save(item)
+            self._put_marker(item)
+            if old and old != item.backlog_key:
+                self._del_marker(item.classifier, old)
+            outcome = "merged"
+        if item is None:
+            item = ReviewItem.new(req)
+        if outcome == "queued":
+            item.backlog_key = item.marker()
+            self.save(item)
+            self._put_marker(item)
+        try:
+            self.refill(cfg)
+        except LabelStudioUnavailable as exc:
+            log.warning("Label Studio unavailable, %s stays in the backlog: %s", req.event_id, exc)
+        return outcome
+
+    def _sync_task(self, item: ReviewItem) -> None:
+        dirty = _prefix(item.classifier, "dirty") + item.text_hash
+        try:
+            assert item.task_id is not None
+            self.projects.update_task_data(item.task_id, item.task_data())
+        except (LabelStudioUnavailable, ApiError) as exc:
+            log.warning("task %s not updated (%s); will sync later", item.task_id, exc)
+            self.store.put_bytes(dirty, b"")
+            return
+        self.store.delete(dirty)
+
+    def sync_dirty(self, classifier: str) -> None:
+        p = _prefix(classifier, "dirty")
+        for key in list(self.store.list_keys(p)):
+            item = self.load(classifier, key[len(p):])
+            if item is None or item.state != "open":
+                self.store.delete(key)
+                continue
+            self._sync_task(item)
+
+    # ---- the window ----------------------------------------------------------------------------
+
+    def _project(self, cfg: ClassifierConfig) -> int:
+        pid = cfg.label_studio_project_id
+        if pid is None or (cfg.name, pid) not in self._verified:
+            pid = ensure_project(self.settings, self.tenants, cfg, self.projects)
+            self._verified.add((cfg.name, pid))
+        return pid
+
+    def refill(self, cfg: ClassifierConfig) -> int:
+        """Move the most urgent backlog items into Label Studio until the window is full.
+
+        Returns the number of tasks created or adopted. Raises LabelStudioUnavailable when Label
+        Studio is down (items stay in the backlog, nothing is lost).
+        """
+        keys = self.backlog_keys(cfg.name)
+        if not keys:
+            return 0
+        try:
+            return self._refill(cfg, keys)
+        except ApiError as exc:
+            if exc.status_code != 404:
+                raise
+            # the project is gone (Label Studio database recreated): provision again, once
+            self._verified = {v for v in self._verified if v[0] != cfg.name}
+            cfg.label_studio_project_id = None
+            return self._refill(cfg, keys)
+
+    def _refill(self, cfg: ClassifierConfig, keys: list[str]) -> int:
+        project_id = self._project(cfg)
+        need = cfg.review_window - self.projects.count_open(project_id)
+        if need <= 0:
+            return 0
+        batch: list[tuple[str, ReviewItem]] = []
+        for key in keys:
+            if len(batch) >= need:
+                break
+            item = self.load(cfg.name, key.rsplit("-", 1)[-1])
+            if item is None or item.state == "open" or item.backlog_key != key:
+                self._del_marker(cfg.name, key)  # stale: re-keyed or already in Label Studio
+                continue
+            batch.append((key, item))
+        if not batch:
+            return 0
+        to_import: list[tuple[str, ReviewItem]] = []
+        for key, item in batch:
+            if item.state == "creating":
+                found = self.projects.find_by_data(project_id, "item_key", item.item_key)
+                if found:  # imported before a crash, never recorded: adopt it
+                    self._opened(item, key, int(found[0]["id"]))
+                    self._sync_task(item)
+                    continue
+            item.state = "creating"
+            self.save(item)
+            to_import.append((key, item))
+        if to_import:
+            ids = self.projects.create_tasks(project_id, [i.task_spec() for _, i in to_import], cfg.labels)
+            for (key, item), task_id in zip(to_import, ids, strict=True):
+                self._opened(item, key, task_id)
+        return len(batch)
+
+    def _opened(self, item: ReviewItem, key: str, task_id: int) -> None:
+        item.state, item.task_id, item.backlog_key = "open", task_id, None
+        self.save(item)
+        self._del_marker(item.classifier, key)
+
+    def tick(self, cfg: ClassifierConfig) -> None:
+        """Periodic upkeep: sync task data left stale by an outage, refill the window."""
+        self.sync_dirty(cfg.name)
+        self.refill(cfg)
