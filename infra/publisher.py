@@ -48,6 +48,7 @@ class EventPublisher:
         bus: Bus | None = None,
         spool: Spool | None = None,
         queue_size: int = 10_000,
+        max_inflight: int = 5_000,
         ensure_topics: bool = True,
         producer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -59,6 +60,9 @@ class EventPublisher:
         self._queue: queue.Queue[SpooledRecord] = queue.Queue(queue_size)
         self._inflight: dict[int, SpooledRecord] = {}
         self._inflight_lock = threading.Lock()
+        # bounds unacked sends: each holds Python futures/callbacks (~2 KB), beyond the producer's byte buffer
+        self._inflight_room = threading.Condition(self._inflight_lock)
+        self._max_inflight = max_inflight
         self._tokens = itertools.count()
         self._producer: Any = None
         self._up = False
@@ -181,7 +185,9 @@ class EventPublisher:
 
     def _send(self, record: SpooledRecord) -> None:
         token = next(self._tokens)
-        with self._inflight_lock:
+        with self._inflight_room:
+            while len(self._inflight) >= self._max_inflight and not self._closing.is_set():
+                self._inflight_room.wait(0.1)
             self._inflight[token] = record
         try:
             future = self._producer.send(record.topic, record.value, key=record.key)
@@ -192,14 +198,16 @@ class EventPublisher:
         future.add_errback(lambda exc, t=token: self._failed(t, exc))
 
     def _acked(self, token: int) -> None:
-        with self._inflight_lock:
+        with self._inflight_room:
             found = self._inflight.pop(token, None)
+            self._inflight_room.notify()
         if found is not None:
             self._count(sent=1)
 
     def _failed(self, token: int, exc: BaseException) -> None:
-        with self._inflight_lock:
+        with self._inflight_room:
             record = self._inflight.pop(token, None)
+            self._inflight_room.notify()
         if record is None:
             return  # already spooled by close()
         self._up = False
