@@ -16,9 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from classifier.api import router as classify_router
 from classifier.engine import ServingEngine
+from feedback.api import router as feedback_router
 from infra.http import Services
 from infra.predictions import PredictionStore
 from infra.settings import Settings, get_settings
+from review.api import router as review_router
 from sift import admin
 from sift.onboarding import validation_message
 
@@ -108,6 +110,8 @@ def create_app(settings: Settings | None = None, **extras: Any) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(classify_router)
+    app.include_router(feedback_router)
+    app.include_router(review_router)
     app.include_router(admin.router)
 
     @app.exception_handler(RequestValidationError)

@@ -15,6 +15,17 @@ app.add_typer(classifiers, name="classifiers")
 app.add_typer(worker, name="worker")
 
 
+def _mount_stage_clis() -> None:
+    from feedback.cli import app as feedback_cli
+    from review.cli import app as review_cli
+
+    app.add_typer(feedback_cli, name="feedback")
+    app.add_typer(review_cli, name="review")
+
+
+_mount_stage_clis()
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
