@@ -1,0 +1,170 @@
+"""Fixtures for the review-stage tests: a real Label Studio, broker and S3, the review router
+served by uvicorn on loopback (so Label Studio's webhooks really arrive), one fresh classifier
+per test with its own topic prefix."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from infra.bus import Bus
+from infra.events import TOPIC_REVIEW_REQUESTS, ReviewedLabel, ReviewRequest
+from infra.http import Services
+from infra.local.procs import LOOPBACK, free_port
+from infra.publisher import EventPublisher
+from infra.settings import Settings
+from infra.tenants import ClassifierConfig
+from review.api import router
+from review.collector import Collector, load_reviewed
+from review.labelstudio import ReviewProjects, ensure_project
+from review.queue import ReviewQueue
+from review.worker import run_review_worker
+from tests.bus_helpers import isolated, read_topic, wait_until
+
+LABELS = ["sports", "tech", "politics"]
+
+
+class ApiServer:
+    """The review router in a real HTTP server (Label Studio must reach it over TCP)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.services = Services.from_settings(settings)
+        self.publisher = EventPublisher(settings)
+        self.services.extras["publisher"] = self.publisher
+        app = FastAPI()
+        app.state.services = self.services
+        app.include_router(router)
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=self.port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> ApiServer:
+        self.thread.start()
+        assert wait_until(lambda: self.server.started, 15)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.publisher.close()
+
+
+@dataclass
+class WorkerThread:
+    settings: Settings
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self, tick_s: float = 1.0) -> WorkerThread:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=run_review_worker, args=(self.settings, self.stop),
+                                       kwargs={"tick_s": tick_s}, daemon=True)
+        self.thread.start()
+        return self
+
+    def halt(self) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join(30)
+
+
+@dataclass
+class ReviewEnv:
+    settings: Settings
+    api: ApiServer
+    cfg: ClassifierConfig
+    projects: ReviewProjects
+    ls: Any  # tests.services.LabelStudioService
+    bus: Bus
+    producer: Any
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def project_id(self) -> int:
+        assert self.cfg.label_studio_project_id is not None
+        return self.cfg.label_studio_project_id
+
+    @property
+    def store(self):  # noqa: ANN201
+        return self.api.services.store
+
+    def queue(self) -> ReviewQueue:
+        return ReviewQueue(self.settings, self.store, self.api.services.tenants, self.projects)
+
+    def request(self, text: str, **kw: Any) -> ReviewRequest:
+        defaults: dict[str, Any] = dict(classifier=self.name, text=text, predicted_label="tech",
+                                        confidence=0.41, scores={"tech": 0.41, "sports": 0.35, "politics": 0.24},
+                                        model_version="3", source="low_confidence")
+        defaults.update(kw)
+        return ReviewRequest(**defaults)
+
+    def publish(self, *events: ReviewRequest) -> None:
+        for ev in events:
+            self.bus.send_sync(self.producer, TOPIC_REVIEW_REQUESTS, ev)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for _, page in self.projects._pages(self.project_id, '{"filters": {"conjunction": "and", "items": []}}',
+                                            fields="all"):
+            out.extend(page)
+        return out
+
+    def wait_tasks(self, n: int, timeout_s: float = 60) -> list[dict[str, Any]]:
+        wait_until(lambda: len(self.tasks()) >= n, timeout_s, 0.5)
+        time.sleep(1.0)  # a duplicate would show up now
+        return self.tasks()
+
+    def reviewed_events(self, expect: int | None = None, timeout_s: float = 30) -> list[ReviewedLabel]:
+        self.api.publisher.flush(15)
+        return read_topic(self.settings, "reviewed-labels", expect=expect, timeout_s=timeout_s,
+                          idle_s=1.5)  # type: ignore[return-value]
+
+    def dataset_keys(self) -> list[str]:
+        return sorted(self.store.list_keys(f"datasets/{self.name}/reviewed/"))
+
+    def reviewed(self, **kw: Any) -> list[ReviewedLabel]:
+        return load_reviewed(self.store, self.name, **kw)
+
+    def collector(self) -> Collector:
+        return Collector(self.settings, self.store, self.api.services.tenants,
+                         lambda ev: self.bus.send_sync(self.producer, "reviewed-labels", ev), self.projects)
+
+
+@pytest.fixture
+def review_env(sift_settings: Settings, label_studio: Any) -> Iterator[ReviewEnv]:
+    base = isolated(sift_settings)
+    probe = ApiServer(base)  # reserve the port first: the webhook URL must name it
+    settings = base.model_copy(update={"public_api_url": probe.url, "webhook_secret": uuid.uuid4().hex})
+    probe.services.settings = settings
+    api = probe.start()
+    bus = Bus(settings)
+    bus.ensure_topics()
+    producer = bus.producer()
+    tenants = api.services.tenants
+    cfg, _key = tenants.create(ClassifierConfig(name=f"rv-{uuid.uuid4().hex[:8]}", labels=LABELS, review_window=50))
+    projects = ReviewProjects.from_settings(settings)
+    ensure_project(settings, tenants, cfg, projects)
+    env = ReviewEnv(settings, api, cfg, projects, label_studio, bus, producer)
+    env.api_key = _key  # type: ignore[attr-defined]
+    try:
+        yield env
+    finally:
+        producer.close(timeout=5)
+        api.stop()
