@@ -1,0 +1,308 @@
+"""Feedback benchmark: events/s from the API to the Kafka topic, and what low-confidence routing
+adds to classify latency. Real SeaweedFS + Tansu (S3 storage) on loopback; load from a separate
+process; every phase bounded in time.
+
+1. like/dislike: closed loop of N clients POSTing feedback to a feedback API process for DURATION s;
+   events/s = events on the topic / (last event seen - load start). Baseline in the same run: a
+   bare kafka-python producer sending the same events straight to the broker.
+2. batch: one 100k-row CSV through the API; rows/s until the last event is on the topic.
+3. classify p50/p99 with routing on (threshold 1.0: every result published) vs off (threshold
+   ~0: none), same server and model, same load (skipped with --skip-classify).
+
+    .venv/bin/python bench/feedback.py [--duration 15] [--concurrency 16] [--skip-classify]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from infra.local.procs import free_port, wait_until  # noqa: E402
+from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402
+from infra.local.stack import settings_env  # noqa: E402
+from infra.local.tansu import TansuBroker  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+
+LABELS = ["sports", "tech", "politics"]
+
+
+# ---- load process --------------------------------------------------------------------------------
+
+async def _feedback_load(url: str, key: str, concurrency: int, duration: float, max_requests: int) -> dict:
+    lat: list[float] = []
+    errors = sent = 0
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers={"x-api-key": key}) as client:
+        async def worker(seed: int) -> None:
+            nonlocal errors, sent
+            rng = random.Random(seed)
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                body = {"text": f"feedback text {rng.random()}", "label": rng.choice(LABELS),
+                        "verdict": rng.choice(["like", "dislike"])}
+                t0 = time.perf_counter()
+                try:
+                    ok = (await client.post(url, json=body)).status_code == 202
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+
+    def pct(q: float) -> float:
+        return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
+    return {"accepted": len(lat), "errors": errors, "wall_s": wall, "req_per_s": len(lat) / wall,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def count_until(settings: Settings, short: str, expect: int, timeout_s: float) -> tuple[int, float]:
+    """Events on the topic and the monotonic time the last expected one was seen."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                             group_id=None, auto_offset_reset="earliest", max_poll_records=5000)
+    tp = TopicPartition(settings.topic_prefix + short, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    n, last, deadline = 0, time.monotonic(), time.monotonic() + timeout_s
+    try:
+        while n < expect and time.monotonic() < deadline:
+            got = sum(len(r) for r in consumer.poll(timeout_ms=200).values())
+            if got:
+                n, last = n + got, time.monotonic()
+    finally:
+        consumer.close()
+    return n, last
+
+
+def bare_producer_rate(settings: Settings, n: int) -> float:
+    """Baseline: the same events from a bare producer in-process (acks=all, batched)."""
+    from infra.bus import Bus
+    from infra.events import ReviewRequest
+
+    bus = Bus(settings.model_copy(update={"topic_prefix": settings.topic_prefix + "bare."}))
+    bus.ensure_topics()
+    producer = bus.producer()
+    events = [ReviewRequest(classifier="bench", text=f"feedback text {i}", predicted_label="tech",
+                            source="user_feedback", verdict="like").to_bytes() for i in range(n)]
+    t0 = time.perf_counter()
+    for value in events:
+        producer.send(bus.topic("review-requests"), value, key=b"bench")
+    producer.flush(120)
+    rate = n / (time.perf_counter() - t0)
+    producer.close()
+    return rate
+
+
+def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready: str = "/healthz") -> subprocess.Popen:
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_until(up, 240):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_feedback_load(url: str, key: str, concurrency: int, duration: float) -> dict:
+    cmd = [sys.executable, __file__, "--load", url, "--api-key", key, "--concurrency", str(concurrency),
+           "--duration", str(duration)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- phases --------------------------------------------------------------------------------------
+
+def feedback_phases(settings: Settings, work: Path, args: argparse.Namespace) -> dict:
+    from feedback.cli import upload_via_api
+    from infra.objectstore import ObjectStore
+    from infra.tenants import ClassifierConfig, TenantStore
+
+    _, key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(name="bench-fb", labels=LABELS))
+    port = free_port()
+    server = serve([sys.executable, "-m", "uvicorn", "--factory", "feedback.standalone:create_feedback_app",
+                    "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                   port, settings_env(settings), work / "feedback-api.log")
+    out: dict = {}
+    try:
+        base = f"http://127.0.0.1:{port}/v1/classifiers/bench-fb"
+        t0 = time.monotonic()
+        load = run_feedback_load(base + "/feedback", key, args.concurrency, args.duration)
+        n, last = count_until(settings, "review-requests", load["accepted"], 120)
+        out["single"] = {**load, "on_topic": n, "events_per_s": n / (last - t0)}
+
+        rows = 100_000
+        path = work / "batch.csv"
+        with open(path, "w") as f:
+            f.write("text,label\n")
+            for i in range(rows):
+                f.write(f"batch row {i} about the match and the new chip,{LABELS[i % 3]}\n")
+        t0 = time.monotonic()
+        status, report = upload_via_api(f"http://127.0.0.1:{port}", key, "bench-fb", path, progress=False)
+        assert status == 202, report
+        n, last = count_until(settings, "review-requests", out["single"]["on_topic"] + rows, 300)
+        out["batch"] = {"rows": rows, "response_s": time.monotonic() - t0, "on_topic": n - out["single"]["on_topic"],
+                        "rows_per_s": rows / (last - t0)}
+    finally:
+        stop(server)
+    out["bare_producer_events_per_s"] = bare_producer_rate(settings, 20_000)
+    return out
+
+
+def classify_phases(settings: Settings, work: Path, s3: SeaweedServer, args: argparse.Namespace) -> dict:
+    """Same server, same model: classifier `bench-off` (threshold ~0, nothing routed) vs `bench-on`
+    (threshold 1.0, every result published)."""
+    from bench.classify import bench_texts, make_model_dir, run_load
+    from infra.local.mlflow_server import MlflowServer
+
+    mlf = MlflowServer(work / "mlflow", s3_endpoint=s3.endpoint, s3_access_key=settings.s3_access_key,
+                       s3_secret_key=settings.s3_secret_key, bucket=settings.bucket, log_dir=work).start()
+    settings = settings.model_copy(update={"mlflow_tracking_uri": mlf.tracking_uri})
+    env = settings_env(settings)
+    texts_file = work / "texts.json"
+    texts_file.write_text(json.dumps(bench_texts()))
+    out: dict = {}
+    try:
+        os.environ.update(env)
+        import mlflow
+
+        from bench.classify import LABELS as CLASSIFY_LABELS
+        from infra.objectstore import ObjectStore
+        from infra.registry import Registry, configure_mlflow
+        from infra.tenants import ClassifierConfig, TenantStore
+
+        model_dir = make_model_dir(work / "model")
+        tenants = TenantStore(ObjectStore(settings))
+        keys = {}
+        configure_mlflow(settings)
+        mlflow.set_experiment("sift-bench-feedback")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(model_dir), "model")
+        reg = Registry(settings)
+        for name, threshold in (("bench-off", 0.0001), ("bench-on", 1.0)):
+            _, keys[name] = tenants.create(ClassifierConfig(name=name, labels=CLASSIFY_LABELS, threshold=threshold))
+            reg.set_champion(name, reg.register(name, run.info.run_id).version)
+        port = free_port()
+        server = serve([sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
+                        "--port", str(port), "--no-access-log", "--log-level", "warning"], port, env,
+                       work / "sift.log", ready="/readyz")
+        try:
+            for name in ("bench-off", "bench-on"):  # warm both
+                run_load(f"http://127.0.0.1:{port}/v1/classifiers/{name}/classify", keys[name], texts_file,
+                         concurrency=4, duration=3)
+            for name in ("bench-off", "bench-on", "bench-off", "bench-on"):  # interleaved: drift cancels
+                r = run_load(f"http://127.0.0.1:{port}/v1/classifiers/{name}/classify", keys[name], texts_file,
+                             concurrency=args.concurrency, duration=args.duration / 2)
+                out.setdefault(name, []).append(r)
+        finally:
+            stop(server)
+        routed, _ = count_until(settings, "review-requests", 1, 10)
+        out["routed_events_seen"] = routed > 0
+    finally:
+        mlf.stop()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=15)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--skip-classify", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "feedback.json")
+    ap.add_argument("--load", help=argparse.SUPPRESS)  # internal: run as the load process
+    ap.add_argument("--api-key", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load:
+        print(json.dumps(asyncio.run(_feedback_load(args.load, args.api_key, args.concurrency, args.duration,
+                                                    max_requests=1_000_000))))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="sift-bench-fb-"))
+    s3 = SeaweedServer(work / "s3", access_key="bench", secret_key="bench-secret-key", log_dir=work).start()
+    ensure_bucket(s3.client, "sift-bench")
+    ensure_bucket(s3.client, "sift-bench-kafka")
+    broker = TansuBroker.on_s3(work / "tansu", bucket="sift-bench-kafka", s3_endpoint=s3.endpoint,
+                               s3_access_key="bench", s3_secret_key="bench-secret-key").start()
+    settings = Settings(data_dir=work / "data", s3_endpoint=s3.endpoint, s3_access_key="bench",
+                        s3_secret_key="bench-secret-key", bucket="sift-bench", kafka_bootstrap=broker.bootstrap,
+                        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    try:
+        fb = feedback_phases(settings, work, args)
+        cl = None if args.skip_classify else classify_phases(settings, work, s3, args)
+    finally:
+        broker.stop()
+        s3.stop()
+
+    single, batch, bare = fb["single"], fb["batch"], fb["bare_producer_events_per_s"]
+    lines = [
+        f"feedback benchmark: {args.concurrency} clients, {args.duration:.0f} s, Tansu on SeaweedFS, loopback",
+        "",
+        "| path | events/s | vs bare producer | notes |",
+        "|---|---|---|---|",
+        f"| bare kafka-python producer (baseline) | {bare:,.0f} | 1.00x | in-process, acks=all |",
+        f"| POST /feedback → topic | {single['events_per_s']:,.0f} | {single['events_per_s'] / bare:.2f}x | "
+        f"{single['accepted']} accepted, {single['errors']} errors, p50 {single['p50_ms']:.1f} ms, "
+        f"p99 {single['p99_ms']:.1f} ms |",
+        f"| POST /feedback/batch (100k rows) → topic | {batch['rows_per_s']:,.0f} | {batch['rows_per_s'] / bare:.2f}x"
+        f" | response after {batch['response_s']:.1f} s, {batch['on_topic']} on topic |",
+    ]
+    if cl:
+        def agg(runs: list[dict], key: str) -> float:
+            return sum(r[key] for r in runs) / len(runs)
+
+        off, on = cl["bench-off"], cl["bench-on"]
+        lines += [
+            "",
+            "| classify | routing off | routing on (every result published) | on/off | added |",
+            "|---|---|---|---|---|",
+        ]
+        for key in ("p50_ms", "p99_ms"):
+            a, b = agg(off, key), agg(on, key)
+            lines.append(f"| {key.replace('_ms', '')} ms | {a:.1f} | {b:.1f} | {b / a:.2f}x | {b - a:+.1f} ms |")
+        a, b = agg(off, "texts_per_s"), agg(on, "texts_per_s")
+        lines.append(f"| texts/s | {a:.1f} | {b:.1f} | {b / a:.2f}x | |")
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"feedback": fb, "classify": cl, "table": lines}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
