@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -137,23 +138,34 @@ OPEN_FILTER = (_f("total_annotations", "equal", "Number", 0), _f("cancelled_anno
 class ReviewProjects:
     """Label Studio operations of the review stage, by project id."""
 
-    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str, timeout: float = 30.0, cooldown_s: float = 3.0) -> None:
         self.url = url.rstrip("/")
         self.client = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)
         self._users: dict[int, str] = {}
+        self.cooldown_s = cooldown_s
+        self._down_until = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReviewProjects:
         return cls(settings.label_studio_url, settings.label_studio_token)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Map transport failures and 5xx to LabelStudioUnavailable (retryable); 4xx propagate."""
+        """Map transport failures and 5xx to LabelStudioUnavailable (retryable); 4xx propagate.
+
+        A short circuit breaker: after a failure, calls fail fast for ``cooldown_s`` instead of
+        each paying the SDK's connection retries (seconds per call), so an outage does not slow
+        the worker's intake of requests into the backlog.
+        """
+        if time.monotonic() < self._down_until:
+            raise LabelStudioUnavailable(f"Label Studio at {self.url} is down (cooling off)")
         try:
             return fn(*args, **kwargs)
         except (httpx.TransportError, ConnectionError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + self.cooldown_s
             raise LabelStudioUnavailable(f"Label Studio unreachable at {self.url}: {exc}") from exc
         except ApiError as exc:
             if exc.status_code is None or exc.status_code >= 500:
+                self._down_until = time.monotonic() + self.cooldown_s
                 raise LabelStudioUnavailable(f"Label Studio error {exc.status_code}") from exc
             raise
 

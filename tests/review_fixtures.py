@@ -147,8 +147,8 @@ class ReviewEnv:
                          lambda ev: self.bus.send_sync(self.producer, "reviewed-labels", ev), self.projects)
 
 
-@pytest.fixture
-def review_env(sift_settings: Settings, label_studio: Any) -> Iterator[ReviewEnv]:
+@pytest.fixture(name="review_env")
+def review_env_fixture(sift_settings: Settings, label_studio: Any) -> Iterator[ReviewEnv]:
     base = isolated(sift_settings)
     probe = ApiServer(base)  # reserve the port first: the webhook URL must name it
     settings = base.model_copy(update={"public_api_url": probe.url, "webhook_secret": uuid.uuid4().hex})

@@ -14,7 +14,7 @@ from infra.events import ReviewedLabel
 from review.collector import reconcile
 from review.labelstudio import WEBHOOK_PATH, WEBHOOK_SECRET_HEADER, ReviewProjects, choice_result
 from tests.bus_helpers import wait_until
-from tests.review_fixtures import ReviewEnv, WorkerThread, review_env  # noqa: F401
+from tests.review_fixtures import ReviewEnv, WorkerThread, review_env_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.timeout(400)]
 
@@ -190,5 +190,6 @@ def test_webhook_with_wrong_or_missing_secret_is_refused(review_env: ReviewEnv) 
     time.sleep(1)
     assert env.dataset_keys() == []
     # the right secret with an action we do not handle is acknowledged, not processed
-    ok = httpx.post(url, json={"action": "PROJECT_UPDATED"}, headers={WEBHOOK_SECRET_HEADER: env.settings.webhook_secret})
+    ok = httpx.post(url, json={"action": "PROJECT_UPDATED"},
+                    headers={WEBHOOK_SECRET_HEADER: env.settings.webhook_secret})
     assert ok.status_code == 200 and ok.json()["accepted"] is False
