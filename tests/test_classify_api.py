@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -120,7 +121,10 @@ def test_ops_endpoints(served):
     c, name = served["client"], served["name"]
     assert c.get("/healthz").json() == {"status": "ok"}
     assert c.post(url(name), json={"text": "some words"}).status_code == 200
-    ready = c.get("/readyz")
+    deadline = time.monotonic() + 120
+    while (ready := c.get("/readyz")).status_code == 503 and time.monotonic() < deadline:
+        assert ready.json()["status"] == "loading models"
+        time.sleep(0.5)
     assert ready.status_code == 200 and ready.json()["models"][name] == served["version"]
     metrics = c.get("/metrics").text
     assert f'sift_classify_requests_total{{classifier="{name}",status="200"}}' in metrics
