@@ -1,0 +1,110 @@
+"""Model runtime: load a Sift model directory and turn texts into class probabilities.
+
+This sits in the request path of the serving engine, so it imports no MLflow and does nothing per
+call beyond tokenising and one forward pass per batch. A model directory is HF ``save_pretrained``
+output of ``AutoModelForSequenceClassification`` + tokenizer, plus ``sift_model.json``
+(labels in output order, base_model, max_length, classifier, metrics, dataset_fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MODEL_META = "sift_model.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A directory that is not a usable Sift model; the message says what is missing."""
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / MODEL_META
+    if not path.is_file():
+        raise ModelLoadError(f"{model_dir} is not a Sift model directory: {MODEL_META} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: invalid JSON: {exc}") from exc
+    if not isinstance(meta.get("labels"), list) or len(meta["labels"]) < 2:
+        raise ModelLoadError(f"{path}: 'labels' must list at least 2 labels")
+    return meta
+
+
+class LoadedModel:
+    """A classifier ready to predict; thread-safe (one lock around the tokenizer and forward pass)."""
+
+    def __init__(self, model: Any, tokenizer: Any, labels: list[str], *, version: str = "local",
+                 max_length: int = 128, meta: dict[str, Any] | None = None, model_dir: str | None = None,
+                 batch_size: int = 64) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.version = str(version)
+        self.max_length = int(max_length)
+        self.meta = meta or {}
+        self.model_dir = model_dir
+        self.batch_size = batch_size
+        self._lock = threading.Lock()  # fast tokenizers raise "Already borrowed" under concurrent use
+
+    @classmethod
+    def load(cls, model_dir: str | Path, version: str = "local", *, num_threads: int | None = None,
+             max_length: int | None = None, batch_size: int = 64) -> LoadedModel:
+        """Load a model directory for inference. ``num_threads`` sets torch's intra-op threads (process-wide)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        meta = read_meta(model_dir)
+        labels = [str(x) for x in meta["labels"]]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{model_dir}: cannot load the model or tokenizer: {exc}") from exc
+        if model.config.num_labels != len(labels):
+            raise ModelLoadError(
+                f"{model_dir}: the model has {model.config.num_labels} outputs but {MODEL_META} lists "
+                f"{len(labels)} labels"
+            )
+        model.eval()
+        return cls(model, tokenizer, labels, version=version,
+                   max_length=max_length or int(meta.get("max_length", 128)), meta=meta,
+                   model_dir=str(model_dir), batch_size=batch_size)
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities, shape (len(texts), len(labels)), float32, rows in input order.
+
+        Texts are batched by length so that dynamic padding pads little.
+        """
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        if not texts:
+            return out
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with self._lock:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                logits = self.model(**enc).logits
+                out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+        return out
+
+    def predict(self, texts: list[str]) -> list[tuple[str, float]]:
+        """(label, confidence) per text."""
+        probs = self.predict_proba(texts)
+        return [(self.labels[int(p.argmax())], float(p.max())) for p in probs]
+
+    def warm_up(self) -> None:
+        """Run a few forward passes so the first real request does not pay for lazy initialisation."""
+        self.predict_proba(["warm up", "a somewhat longer sentence to warm up the model " * 4])
+        self.predict_proba(["x"] * min(self.batch_size, 8))
+
+    def __repr__(self) -> str:
+        return f"LoadedModel(version={self.version!r}, labels={self.labels}, max_length={self.max_length})"

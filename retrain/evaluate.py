@@ -1,0 +1,73 @@
+"""Score a model on labeled rows: the numbers every promotion decision and report is built from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from classifier.runtime import LoadedModel
+from retrain.dataio import LabeledText
+
+
+class ClassScores(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class EvalReport(BaseModel):
+    labels: list[str]
+    n: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassScores]
+    confusion: list[list[int]]  # rows: true label, columns: predicted label, in ``labels`` order
+    model_version: str = ""
+
+    def flat_metrics(self, prefix: str = "") -> dict[str, float]:
+        """Scalar metrics for MLflow: accuracy, macro_f1, and f1/recall per label."""
+        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}macro_f1": self.macro_f1}
+        for label, s in self.per_class.items():
+            out[f"{prefix}f1.{label}"] = s.f1
+            out[f"{prefix}recall.{label}"] = s.recall
+        return out
+
+
+def scores_from_predictions(labels: list[str], y_true: list[int], y_pred: list[int],
+                            model_version: str = "") -> EvalReport:
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    k = len(labels)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(range(k)), zero_division=0)
+    # macro over labels seen in truth or predictions: an absent class must not count as f1 = 0
+    macro = float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if y_true else 0.0
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(k))) if y_true else np.zeros((k, k), int)
+    return EvalReport(
+        labels=labels,
+        n=len(y_true),
+        accuracy=float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if y_true else 0.0,
+        macro_f1=macro,
+        per_class={
+            label: ClassScores(precision=float(p[i]), recall=float(r[i]), f1=float(f[i]), support=int(s[i]))
+            for i, label in enumerate(labels)
+        },
+        confusion=cm.astype(int).tolist(),
+        model_version=model_version,
+    )
+
+
+def evaluate(model: LoadedModel | str | Path, rows: list[LabeledText], **load_kwargs: Any) -> EvalReport:
+    """Accuracy, macro-F1, per-class scores and the confusion matrix of ``model`` on ``rows``."""
+    if not isinstance(model, LoadedModel):
+        model = LoadedModel.load(model, **load_kwargs)
+    index = {label: i for i, label in enumerate(model.labels)}
+    unknown = sorted({r.label for r in rows} - set(index))
+    if unknown:
+        raise ValueError(f"evaluation rows have labels the model does not know: {unknown}")
+    probs = model.predict_proba([r.text for r in rows])
+    y_pred = probs.argmax(axis=1).tolist() if len(rows) else []
+    return scores_from_predictions(model.labels, [index[r.label] for r in rows], y_pred, model.version)

@@ -1,0 +1,194 @@
+"""Train, record and register: one MLflow run per training, one registered version per run.
+
+The run carries the lineage TFX-style pipelines need (dataset fingerprint, label counts, base model,
+parent version, code version), the model directory as artifact ``model`` and the report under
+``report/``. Uses ``MlflowClient`` with explicit run ids rather than the fluent API, so a worker
+process never depends on global "active run" state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from infra.registry import Registry, configure_mlflow
+from infra.settings import resolve_base_model
+from infra.tenants import ClassifierConfig
+from retrain.dataio import LabeledText, fingerprint, label_counts, stratified_split
+from retrain.report import write_report
+from retrain.train import TrainResult, fine_tune
+
+
+class RegisteredModel(BaseModel):
+    classifier: str
+    version: str
+    run_id: str
+    model_uri: str
+    source: str
+    is_champion: bool
+    metrics: dict[str, float]
+    dataset_fingerprint: str
+    eval_fingerprint: str | None = None
+    parent_version: str | None = None
+    seconds: float
+    model_dir: str | None = None  # local copy, only kept when a work_dir was given
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The code version of this checkout, or None outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def experiment_id(registry: Registry, classifier: str, artifact_location: str | None = None) -> str:
+    """The classifier's experiment ``sift-<name>``, created on first use."""
+    from mlflow.exceptions import MlflowException
+
+    name = Registry.model_name(classifier)
+    exp = registry.client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return registry.client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={"sift.classifier": classifier})
+    except MlflowException:  # created concurrently
+        exp = registry.client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _params(values: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in values.items() if v is not None]
+
+
+def _metrics(values: dict[str, float], step: int = 0, ts: int | None = None) -> list[Any]:
+    from mlflow.entities import Metric
+
+    ts = ts or int(time.time() * 1000)
+    return [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and v == v]
+
+
+def train_and_register(
+    cfg: ClassifierConfig,
+    rows: list[LabeledText],
+    *,
+    registry: Registry,
+    eval_rows: list[LabeledText] | None = None,
+    make_champion_if_none: bool = True,
+    run_name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    init_from: str | Path | None = None,
+    parent_version: str | None = None,
+    work_dir: str | Path | None = None,
+    artifact_location: str | None = None,
+    label_curve: list[tuple[int, float]] | None = None,
+    **train_kwargs: Any,
+) -> RegisteredModel:
+    """Fine-tune on ``rows``, log everything to experiment ``sift-<name>``, register a new version.
+
+    Without ``eval_rows`` a stratified ``cfg.retrain.eval_share`` is held out, so every version has
+    held-out metrics. Training defaults come from ``cfg.retrain`` and ``cfg.base_model``; any
+    ``fine_tune`` keyword overrides them. ``init_from`` (a model directory) warm-starts; pass its
+    registry ``parent_version`` for lineage. ``artifact_location`` only applies when the experiment
+    is created (tests use a local folder; servers proxy artifacts themselves).
+    """
+    configure_mlflow(registry.settings)
+    unknown = sorted({r.label for r in [*rows, *(eval_rows or [])]} - set(cfg.labels))
+    if unknown:
+        raise ValueError(f"rows have labels the classifier {cfg.name!r} does not know: {unknown}")
+    eval_source = "given"
+    if eval_rows is None:
+        counts = label_counts(rows)
+        if min(counts.values()) >= 2:
+            rows, eval_rows = stratified_split(rows, cfg.retrain.eval_share, seed=train_kwargs.get("seed", 0))
+            eval_source = "split"
+        else:
+            eval_rows, eval_source = [], "none"
+
+    policy = cfg.retrain
+    kwargs: dict[str, Any] = {
+        "base_model": resolve_base_model(cfg.base_model or None),
+        "epochs": policy.epochs, "learning_rate": policy.learning_rate, "batch_size": policy.batch_size,
+        "max_length": policy.max_length, "time_budget_s": policy.time_budget_s,
+    }
+    kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
+
+    client = registry.client
+    exp_id = experiment_id(registry, cfg.name, artifact_location)
+    tags = {
+        "sift.classifier": cfg.name,
+        "sift.dataset_fingerprint": fingerprint(rows),
+        "sift.eval_source": eval_source,
+        **({"mlflow.source.git.commit": c} if (c := git_commit()) else {}),
+        **({"sift.parent_version": parent_version} if parent_version else {}),
+        **(extra_tags or {}),
+    }
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    own_dir = work_dir is None
+    base_dir = Path(tempfile.mkdtemp(prefix=f"sift-train-{cfg.name}-")) if own_dir else Path(work_dir)
+    try:
+        counts = label_counts(rows)
+        client.log_batch(run_id, params=_params({
+            **{k: v for k, v in kwargs.items() if k not in ("progress", "on_epoch")},
+            "labels": json.dumps(cfg.labels), "train_examples": len(rows), "eval_examples": len(eval_rows),
+            "dataset_fingerprint": fingerprint(rows),
+            "eval_fingerprint": fingerprint(eval_rows) if eval_rows else None,
+            "init_from": str(init_from) if init_from else None, "parent_version": parent_version,
+            **{f"count.{label}": counts.get(label, 0) for label in cfg.labels},
+        }))
+
+        def on_epoch(rec: Any) -> None:
+            client.log_batch(run_id, metrics=_metrics(
+                {"epoch_train_loss": rec.train_loss, "epoch_eval_accuracy": rec.eval_accuracy,
+                 "epoch_eval_macro_f1": rec.eval_macro_f1}, step=rec.step))
+
+        result: TrainResult = fine_tune(
+            rows, list(cfg.labels), out_dir=base_dir / "model", eval_rows=eval_rows or None,
+            init_from=init_from, classifier=cfg.name, on_epoch=on_epoch, **kwargs,
+        )
+        client.log_batch(run_id, metrics=_metrics(result.metrics, step=result.steps))
+        report_dir = base_dir / "report"
+        write_report(report_dir, result, label_curve=label_curve or (),
+                     extra={"classifier": cfg.name, "run_id": run_id, "eval_source": eval_source})
+        client.log_artifacts(run_id, result.model_dir, "model")
+        client.log_artifacts(run_id, str(report_dir), "report")
+        ref = registry.register(cfg.name, run_id, artifact_path="model", tags={
+            "dataset_fingerprint": result.dataset_fingerprint,
+            **({"parent_version": parent_version} if parent_version else {}),
+            **{k: f"{result.metrics[k]:.6f}" for k in ("accuracy", "macro_f1") if k in result.metrics},
+        })
+        is_champion = False
+        if make_champion_if_none and registry.champion(cfg.name) is None:
+            registry.set_champion(cfg.name, ref.version)
+            is_champion = True
+        client.set_tag(run_id, "sift.model_version", ref.version)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        if own_dir:
+            shutil.rmtree(base_dir, ignore_errors=True)
+    return RegisteredModel(
+        classifier=cfg.name, version=ref.version, run_id=run_id, model_uri=ref.uri, source=ref.source,
+        is_champion=is_champion, metrics=result.metrics, dataset_fingerprint=result.dataset_fingerprint,
+        eval_fingerprint=fingerprint(eval_rows) if eval_rows else None, parent_version=parent_version,
+        seconds=result.seconds, model_dir=None if own_dir else result.model_dir,
+    )
