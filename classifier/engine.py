@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,18 @@ class ModelSlot:
         metrics.SWAPS.labels(self.classifier).inc()
 
 
+def quantize_int8(module: Any) -> Any:
+    """Dynamic int8 quantisation of Linear layers: the forward pass of a BERT-style encoder on CPU
+    is mostly matrix products, which this makes ~1.8x faster for a ~1e-3 change in probabilities."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager-mode API is deprecated in favour of torchao
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 ChampionResolver = Callable[[str], tuple[str, str] | None]
 """classifier -> (version, local model dir) of its champion, or None when it has none."""
 
@@ -86,6 +99,7 @@ class ServingEngine:
         max_batch: int = 32,
         max_wait_s: float = 0.002,
         torch_threads: int = 0,
+        quantize: str = "none",
     ) -> None:
         self.resolve_champion = resolve_champion
         self.max_batch = max_batch
@@ -94,6 +108,7 @@ class ServingEngine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self.torch_threads = torch_threads
+        self.quantize = quantize
         self.slots: dict[str, ModelSlot] = {}
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -118,6 +133,8 @@ class ServingEngine:
 
             torch.set_num_threads(self.torch_threads)
         model = LoadedModel.load(model_dir, version=version)
+        if self.quantize == "int8" and model.device.type == "cpu":
+            model.model = quantize_int8(model.model)
         model.warm_up()
         return model
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=32, ge=1)
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     torch_threads: int = Field(default=0, ge=0)  # 0: leave torch's default
+    # dynamic int8 quantisation of the Linear layers when serving on CPU (~1.8x faster forward)
+    quantize: Literal["none", "int8"] = "int8"
     config_cache_seconds: float = 2.0
     # hot swap: model-events for promptness, polling the registry alias as the safety net
     model_watch: bool = True

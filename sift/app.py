@@ -54,6 +54,7 @@ def build_services(settings: Settings, **extras: Any) -> Services:
             max_batch=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             torch_threads=settings.torch_threads,
+            quantize=settings.quantize,
         )
     services.extras.setdefault("predictions", PredictionStore(services.store))
     if "publisher" not in services.extras:
