@@ -151,37 +151,46 @@ def main() -> None:
         results["baseline_open"] = run_load(base_url, "", texts_file, rate=rate, duration=args.duration)
         stop(base)
 
-        sift = serve([sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
-                      "--port", str(sift_port), "--no-access-log", "--log-level", "warning"], sift_port, env,
-                     work / "sift.log", ready_path="/readyz")
         sift_url = f"http://127.0.0.1:{sift_port}/v1/classifiers/bench/classify"
-        run_load(sift_url, key, texts_file, concurrency=4, duration=3)
-        results["sift_closed"] = run_load(sift_url, key, texts_file, concurrency=args.concurrency,
-                                          duration=args.duration)
-        results["sift_open"] = run_load(sift_url, key, texts_file, rate=rate, duration=args.duration)
-        stop(sift)
+        for variant, quantize in (("sift_fp32", "none"), ("sift", "int8")):
+            sift = serve([sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host",
+                          "127.0.0.1", "--port", str(sift_port), "--no-access-log", "--log-level", "warning"],
+                         sift_port, {**env, "SIFT_QUANTIZE": quantize}, work / f"{variant}.log",
+                         ready_path="/readyz")
+            run_load(sift_url, key, texts_file, concurrency=4, duration=3)
+            results[f"{variant}_closed"] = run_load(sift_url, key, texts_file, concurrency=args.concurrency,
+                                                    duration=args.duration)
+            results[f"{variant}_open"] = run_load(sift_url, key, texts_file, rate=rate, duration=args.duration)
+            stop(sift)
     finally:
         mlf.stop()
         s3.stop()
 
-    b, s = results["baseline_closed"], results["sift_closed"]
-    bo, so = results["baseline_open"], results["sift_open"]
+    rows = [("closed loop", "texts/s", "closed", "texts_per_s", True),
+            ("closed loop", "p50 ms", "closed", "p50_ms", False),
+            ("closed loop", "p99 ms", "closed", "p99_ms", False),
+            (f"open loop {rate:.0f}/s", "p50 ms", "open", "p50_ms", False),
+            (f"open loop {rate:.0f}/s", "p99 ms", "open", "p99_ms", False)]
     lines = [
         f"classify benchmark: {args.concurrency} concurrent clients, {args.duration:.0f} s per phase, "
-        f"open loop at {rate:.1f} req/s (80% of baseline capacity)",
+        f"open loop at {rate:.1f} req/s (80% of the baseline's capacity); ratio = better/worse vs baseline",
         "",
-        "| phase | metric | baseline (pipeline per request) | Sift | ratio |",
-        "|---|---|---|---|---|",
-        f"| closed loop | texts/s | {b['texts_per_s']:.1f} | {s['texts_per_s']:.1f} | "
-        f"{s['texts_per_s'] / b['texts_per_s']:.2f}x |",
-        f"| closed loop | p50 ms | {b['p50_ms']:.1f} | {s['p50_ms']:.1f} | {b['p50_ms'] / s['p50_ms']:.2f}x |",
-        f"| closed loop | p99 ms | {b['p99_ms']:.1f} | {s['p99_ms']:.1f} | {b['p99_ms'] / s['p99_ms']:.2f}x |",
-        f"| open loop {rate:.0f}/s | p50 ms | {bo['p50_ms']:.1f} | {so['p50_ms']:.1f} | "
-        f"{bo['p50_ms'] / so['p50_ms']:.2f}x |",
-        f"| open loop {rate:.0f}/s | p99 ms | {bo['p99_ms']:.1f} | {so['p99_ms']:.1f} | "
-        f"{bo['p99_ms'] / so['p99_ms']:.2f}x |",
-        f"| all | errors | {b['errors'] + bo['errors']} | {s['errors'] + so['errors']} | |",
+        "| phase | metric | baseline: pipeline per request | Sift fp32 (batching) | ratio "
+        "| Sift int8 (default) | ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for phase, metric, kind, field, higher_better in rows:
+        b = results[f"baseline_{kind}"][field]
+        cells = []
+        for variant in ("sift_fp32", "sift"):
+            v = results[f"{variant}_{kind}"][field]
+            ratio = v / b if higher_better else b / v
+            cells += [f"{v:.1f}", f"{ratio:.2f}x"]
+        lines.append(f"| {phase} | {metric} | {b:.1f} | " + " | ".join(cells) + " |")
+    errors = {k: v["errors"] for k, v in results.items()}
+    lines.append(f"| all | errors | {errors['baseline_closed'] + errors['baseline_open']} | "
+                 f"{errors['sift_fp32_closed'] + errors['sift_fp32_open']} | | "
+                 f"{errors['sift_closed'] + errors['sift_open']} | |")
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "rate": rate, "table": lines}, indent=2))
