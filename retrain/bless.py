@@ -62,14 +62,15 @@ def judge(candidate: EvalReport, champion: EvalReport | None, policy: RetrainPol
                   f"margin {policy.promotion_margin:.4f}); no recall drop beyond {policy.recall_tolerance:.4f}"), drops
 
 
-def bless(classifier: str, candidate_version: str, candidate: EvalReport, champion_version: str | None,
-          champion: EvalReport | None, policy: RetrainPolicy, **extra: object) -> Verdict:
-    blessed, reason, drops = judge(candidate, champion, policy)
+def bless(classifier: str, candidate_version: str, report: EvalReport, champion_version: str | None,
+          champion_report: EvalReport | None, policy: RetrainPolicy, **extra: object) -> Verdict:
+    """The verdict of one candidate (``extra``: candidate name, selected, dataset_version, job_id)."""
+    blessed, reason, drops = judge(report, champion_report, policy)
     return Verdict(
         classifier=classifier, candidate_version=candidate_version, champion_version=champion_version,
-        blessed=blessed, reason=reason, candidate_macro_f1=candidate.macro_f1,
-        champion_macro_f1=champion.macro_f1 if champion else None,
-        gain=(candidate.macro_f1 - champion.macro_f1) if champion else None,
+        blessed=blessed, reason=reason, candidate_macro_f1=report.macro_f1,
+        champion_macro_f1=champion_report.macro_f1 if champion_report else None,
+        gain=(report.macro_f1 - champion_report.macro_f1) if champion_report else None,
         margin=policy.promotion_margin, recall_tolerance=policy.recall_tolerance, recall_drops=drops,
         **extra,  # type: ignore[arg-type]
     )

@@ -1,10 +1,11 @@
 """When a classifier retrains: N new reviewed labels, a schedule, or on demand.
 
 Two small objects in the store, each with one writer, so neither can overwrite the other:
-``retrain/<c>/trigger.json`` (the retrain worker: running total of reviewed labels seen, recent
-event ids for dedupe, last schedule check) and ``retrain/<c>/last-job.json`` (the job: the total
-it started from). New labels since the last job = total - total at the last job's start, which
-survives restarts of the worker and jobs started elsewhere (API, CLI).
+``retrain/<c>/trigger.json`` (the worker's consumer: running total of reviewed labels seen, recent
+event ids for dedupe) and ``retrain/<c>/last-job.json`` (the job: the total it started from); the
+last schedule check has its own ``retrain/<c>/schedule.json``. New labels since the last job =
+total - total at the last job's start, which survives restarts of the worker and jobs started
+elsewhere (API, CLI).
 
 Schedules are 'daily' (00:00 UTC), 'weekly' (Sunday 00:00 UTC) or a 5-field cron expression
 (minute hour day-of-month month day-of-week; ``*``, lists, ranges, steps; UTC), matched by the
@@ -105,7 +106,6 @@ class TriggerState(BaseModel):
     classifier: str
     labels_total: int = 0
     recent_ids: list[str] = Field(default_factory=list)
-    schedule_checked_at: datetime | None = None
 
 
 class LastJob(BaseModel):
@@ -154,8 +154,9 @@ class Triggers:
     def check_schedule(self, classifier: str, schedule: str | None, now: datetime | None = None) -> bool:
         """Whether the schedule fired since the last check; the check time is stored (catch-up after a restart)."""
         now = now or datetime.now(UTC)
-        state = self.state(classifier)
-        due = bool(schedule) and schedule_due(schedule or "", state.schedule_checked_at, now)
-        state.schedule_checked_at = now
-        self._save(state)
+        key = paths.trigger_state(classifier).replace("trigger.json", "schedule.json")
+        checked = (self.store.get_json(key) or {}).get("checked_at")
+        since = datetime.fromisoformat(checked) if checked else None
+        due = bool(schedule) and schedule_due(schedule or "", since, now)
+        self.store.put_json(key, {"checked_at": now.isoformat(), "schedule": schedule})
         return due
