@@ -5,12 +5,15 @@ Label Studio's webhooks really travel to the review router served on loopback.
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from infra.events import ReviewedLabel
+from review import cli as review_cli
 from review.collector import reconcile
 from review.labelstudio import WEBHOOK_PATH, WEBHOOK_SECRET_HEADER, ReviewProjects, choice_result
 from tests.bus_helpers import wait_until
@@ -144,6 +147,12 @@ def test_annotation_arrives_as_event_and_in_dataset_once(review_env: ReviewEnv) 
     assert httpx.get(url, headers={"x-admin-key": env.settings.admin_key}).status_code == 200
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"x-admin-key": "nope"}).status_code == 403
+
+    # the same status from `sift review status NAME` (settings from SIFT_*, as the CLI reads them)
+    result = CliRunner().invoke(review_cli.app, ["status", env.name])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["reviewed_per_label"] == {"politics": 1}
+    assert CliRunner().invoke(review_cli.app, ["status", "no-such-classifier"]).exit_code == 1
 
 
 def test_reconciliation_recovers_annotation_whose_webhook_was_lost(review_env: ReviewEnv) -> None:
