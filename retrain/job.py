@@ -149,10 +149,11 @@ class RetrainJob:
         self.publish = publish or bus_publish(settings)
         self.record = JobRecord(job_id=self.options.job_id or new_job_id(), classifier=classifier,
                                 trigger=self.options.trigger)
+        self._lease: ClassifierLease | None = None
 
     # ---- bookkeeping -----------------------------------------------------------------------------
 
-    def _save(self) -> None:
+    def save(self) -> None:
         try:
             save_job(self.store, self.record)
         except Exception:  # the job's outcome matters more than its progress record
@@ -165,7 +166,7 @@ class RetrainJob:
             yield
         finally:
             self.record.phases.append(Phase(name=name, seconds=round(time.monotonic() - t0, 3), started_at=started))
-            self._save()
+            self.save()
 
     def _finish(self, status: Status, reason: str, cfg: ClassifierConfig | None = None, *,
                 alert_stage: str | None = None) -> JobRecord:
@@ -173,7 +174,7 @@ class RetrainJob:
         r.status, r.reason, r.finished_at = status, reason, datetime.now(UTC)
         with contextlib.suppress(Exception):
             r.champion_after = (self.registry.champion(r.classifier) or ModelRef("", "", None, "")).version or None
-        self._save()
+        self.save()
         JOBS.labels(r.classifier, status).inc()
         DURATION.labels(r.classifier).observe((r.finished_at - r.started_at).total_seconds())
         if alert_stage:
@@ -184,14 +185,22 @@ class RetrainJob:
 
     # ---- the job ---------------------------------------------------------------------------------
 
+    def acquire(self) -> None:
+        """Take the classifier's lease now (raises LockBusy): lets a caller answer 409 before starting a thread."""
+        if self._lease is None:
+            lease = ClassifierLease(self.store, self.record.classifier, ttl_s=self.options.lease_ttl_s,
+                                    holder=f"job {self.record.job_id}")
+            self._lease = lease.acquire()
+
     def run(self) -> JobRecord:
         c = self.record.classifier
-        self._save()
-        lease = ClassifierLease(self.store, c, ttl_s=self.options.lease_ttl_s, holder=f"job {self.record.job_id}")
+        self.save()
         try:
-            lease.acquire()
+            self.acquire()
         except LockBusy as exc:
             return self._finish("busy", str(exc))
+        lease = self._lease
+        assert lease is not None
         cfg: ClassifierConfig | None = None
         work = Path(tempfile.mkdtemp(prefix=f"sift-retrain-{c}-"))
         try:
@@ -207,6 +216,7 @@ class RetrainJob:
                                 alert_stage="job")
         finally:
             lease.release()
+            self._lease = None
             shutil.rmtree(work, ignore_errors=True)
 
     def _run(self, cfg: ClassifierConfig, work: Path) -> JobRecord:
