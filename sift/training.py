@@ -40,6 +40,7 @@ def train_rows_command(
     make_champion_if_none: bool = True,
     source: str = "",
 ) -> dict[str, Any]:
+    from retrain.seed import store_seed
     from retrain.tracking import train_and_register
 
     settings = get_settings()
@@ -49,6 +50,8 @@ def train_rows_command(
     unknown = sorted({r.label for r in rows} - set(cfg.labels))
     if unknown:
         raise ValueError(f"{source or 'the data'} has labels the classifier {name!r} does not know: {unknown}")
+    # kept in the object store so every later retrain can rebuild the training set from it
+    store_seed(store, name, rows, source=source)
     policy = cfg.retrain
     registered = train_and_register(
         cfg,
