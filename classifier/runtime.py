@@ -51,11 +51,15 @@ class LoadedModel:
         self.model_dir = model_dir
         self.batch_size = batch_size
         self._lock = threading.Lock()  # fast tokenizers raise "Already borrowed" under concurrent use
+        self.device = next(model.parameters()).device
 
     @classmethod
     def load(cls, model_dir: str | Path, version: str = "local", *, num_threads: int | None = None,
-             max_length: int | None = None, batch_size: int = 64) -> LoadedModel:
-        """Load a model directory for inference. ``num_threads`` sets torch's intra-op threads (process-wide)."""
+             max_length: int | None = None, batch_size: int = 64, device: str | None = None) -> LoadedModel:
+        """Load a model directory for inference (CPU unless ``device`` says otherwise).
+
+        ``num_threads`` sets torch's intra-op threads, process-wide: the serving engine picks it once.
+        """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if num_threads:
@@ -73,6 +77,8 @@ class LoadedModel:
                 f"{len(labels)} labels"
             )
         model.eval()
+        if device:
+            model.to(device)
         return cls(model, tokenizer, labels, version=version,
                    max_length=max_length or int(meta.get("max_length", 128)), meta=meta,
                    model_dir=str(model_dir), batch_size=batch_size)
@@ -91,9 +97,9 @@ class LoadedModel:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
                 logits = self.model(**enc).logits
-                out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
     def predict(self, texts: list[str]) -> list[tuple[str, float]]:
