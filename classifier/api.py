@@ -116,6 +116,9 @@ def _publish(services: Services, cfg: ClassifierConfig, text: str, s: Scored) ->
     if request is not None:
         metrics.LOW_CONFIDENCE.labels(cfg.name).inc()
         if publisher is not None:
+            # fire-and-forget on purpose (no broker round trip in classify's latency): survives a broker
+            # outage via the spool, but not a SIGKILL of this process within ~ms of the response.
+            # Explicit feedback uses publish_durable instead (feedback/api.py).
             publisher.publish(TOPIC_REVIEW_REQUESTS, request)
     return Prediction(
         label=s.label, confidence=s.confidence, scores=s.scores, model_version=s.model_version,

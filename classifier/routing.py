@@ -1,7 +1,9 @@
 """Low-confidence routing: which classify results become review requests.
 
 Pure and cheap on purpose: it runs inside every classify call, so it must not do I/O. Publishing
-the returned event is the caller's job (``EventPublisher.publish`` never blocks on the broker).
+the returned event is the caller's job: classify uses the fire-and-forget ``EventPublisher.publish``
+(never blocks on the broker; spooled if the broker is down; lost only if the process is SIGKILLed
+before the sender thread hands it on), unlike explicit feedback, which is durable before its 2xx.
 """
 
 from __future__ import annotations

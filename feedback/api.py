@@ -1,7 +1,11 @@
 """Explicit feedback over HTTP: one like/dislike, or a batch file of texts to review.
 
-Both end in ``review-requests`` events published through the app's non-blocking, spooling
-``EventPublisher`` (``services.extras["publisher"]``), so a broker outage never fails a request.
+Both end in ``review-requests`` events published through the app's ``EventPublisher``
+(``services.extras["publisher"]``) with ``publish_durable``: a 2xx is answered only once every
+event is acked by the broker or committed to the local SQLite spool, so accepted feedback survives
+a broker outage *and* a SIGKILL of this process right after the response. When neither is possible
+the answer is 503 with the reason, and nothing is reported accepted. (Classify's low-confidence
+routing stays fire-and-forget, for latency.)
 Idempotency: an ``Idempotency-Key`` header fixes the event id(s), and consumers dedupe by it.
 """
 
@@ -29,10 +33,14 @@ from feedback.uploads import (
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, new_id, stable_id
 from infra.http import Services, get_services, tenant_for_key
 from infra.predictions import PredictionRecord
+from infra.publisher import NotDurable
 from infra.tenants import ClassifierConfig
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["feedback"])
+
+ACK_TIMEOUT_S = 5.0  # a single feedback waits this long for the broker's ack before it is spooled instead
+RETRY_AFTER = {"Retry-After": "5"}
 
 IdempotencyKey = Annotated[
     str | None,
@@ -96,6 +104,7 @@ def _lookup(services: Services, cfg: ClassifierConfig, prediction_id: str) -> Pr
         404: {"description": "unknown classifier or prediction"},
         413: {"description": "text too long"},
         422: {"description": "wrong verdict, unknown label, missing reference"},
+        503: {"description": "not accepted: neither the broker nor the local spool could take it; retry"},
     },
 )
 def post_feedback(
@@ -135,7 +144,10 @@ def post_feedback(
         scores=scores, model_version=model_version, source="user_feedback", verdict=body.verdict,
         suggested_label=body.correct_label, comment=body.comment, prediction_id=body.prediction_id,
     )
-    publisher.publish(TOPIC_REVIEW_REQUESTS, event)
+    try:
+        publisher.publish_durable(TOPIC_REVIEW_REQUESTS, event, timeout=ACK_TIMEOUT_S)
+    except NotDurable as exc:
+        raise HTTPException(503, f"feedback not accepted, retry later: {exc}", headers=RETRY_AFTER) from exc
     return FeedbackAccepted(event_id=event_id, classifier=cfg.name)
 
 
@@ -147,6 +159,8 @@ def post_feedback(
         400: {"description": "malformed file (the reason is in detail)"},
         401: {"description": "missing or invalid API key"},
         404: {"description": "unknown classifier"},
+        503: {"description": "not accepted: neither the broker nor the local spool could take the rows; retry "
+                            "the same file (rows that got through have the same event ids and are deduped)"},
     },
 )
 def post_feedback_batch(
@@ -182,5 +196,14 @@ def post_feedback_batch(
         report = rejected_report(cfg, basis=basis, source_key=source_key, fmt=fmt, error=str(exc))
         services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
         raise HTTPException(400, f"malformed file {file.filename!r}: {exc}") from exc
+    except NotDurable as exc:
+        error = (f"not accepted, retry the same file later (rows that got through keep their event ids and are "
+                 f"deduped): {exc}")
+        report = rejected_report(cfg, basis=basis, source_key=source_key, fmt=fmt, error=error)
+        try:
+            services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
+        except Exception:
+            log.warning("could not store the rejected report of %s", source_key, exc_info=True)
+        raise HTTPException(503, f"batch feedback {error}", headers=RETRY_AFTER) from exc
     services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
     return report

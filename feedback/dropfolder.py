@@ -6,7 +6,9 @@ file "done" is a durable marker at ``feedback-state/<classifier>/<sha256(key)>.j
 object's ETag: a worker restart skips finished files, and a new upload under the same key (new
 ETag) is ingested again. A marker in ``processing`` state is a lease: another worker takes the
 file over only after ``lease_s``. A crash between publishing and the marker re-ingests the file
-with the same event ids (content hash + row), which the review worker dedupes.
+with the same event ids (content hash + row), which the review worker dedupes. Rows are published
+with ``publish_durable``, so the "done" marker is written only once each is acked or spooled; when
+neither is possible the file stays "processing" and is retried on the next poll.
 
 On AWS, replace the listing with S3 Event Notifications (``s3:ObjectCreated:*`` filtered on the
 ``feedback-uploads/`` prefix) → SQS, and call ``DropFolder.process(cfg, key, etag)`` per message;
@@ -62,13 +64,12 @@ def marker_key(classifier: str, key: str) -> str:
 
 class DropFolder:
     def __init__(self, settings: Settings, publisher: EventPublisher, *, store: ObjectStore | None = None,
-                 lease_s: float = 900.0, publish_flush_s: float = 60.0) -> None:
+                 lease_s: float = 900.0) -> None:
         self.settings = settings
         self.store = store or ObjectStore(settings)
         self.tenants = TenantStore(self.store)
         self.publisher = publisher
         self.lease_s = lease_s
-        self.publish_flush_s = publish_flush_s
         self.owner = f"{socket.gethostname()}-{os.getpid()}"
         self._done: set[tuple[str, str]] = set()  # (key, etag) known finished: no marker read per poll
 
@@ -120,9 +121,7 @@ class DropFolder:
                                       max_text_chars=self.settings.max_text_chars)
             except MalformedFile as exc:
                 report = rejected_report(cfg, basis=basis, source_key=key, fmt=fmt, error=str(exc))
-        if report.rows_accepted and not self.publisher.flush(self.publish_flush_s):
-            # not lost: what the broker has not acked is in the durable spool and goes out later
-            log.warning("broker slow/unavailable: %s events of %s wait in the spool", report.rows_accepted, key)
+        # process_file publishes durably: every accepted row is acked or in the spool, so "done" is safe
         self.store.put_json(report_key(key), report.model_dump(mode="json"))
         self._put_marker(cfg.name, Marker(key=key, etag=etag, status="done", owner=self.owner,
                                           updated_at=time.time(), report_key=report_key(key)))

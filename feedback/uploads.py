@@ -6,13 +6,18 @@ the second publishes. So a file that turns out to be malformed halfway (a trunca
 document) produces a 400 / a "rejected" report and *no* events, while memory stays bounded.
 Event ids are ``stable_id(classifier, basis, row)`` where ``basis`` is the Idempotency-Key or the
 file's content hash: re-sending the same file is deduped downstream instead of reviewed twice.
+
+Publishing is durable (``publish_durable``, in chunks): when ``process_file`` returns, every
+accepted row is acked by the broker or committed to the local spool. If a chunk can be neither,
+``NotDurable`` propagates — the caller answers 503 / retries the file; rows of earlier chunks that
+did get through carry the same event ids on the retry and are deduped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import IO, Literal, Protocol
 
@@ -27,10 +32,13 @@ API_SUBFOLDER = "api"  # uploads through the API land here; the drop-folder work
 REPORT_SUFFIX = ".report.json"
 MAX_REPORTED_REJECTS = 100
 MAX_ROWS = 1_000_000
+PUBLISH_CHUNK = 1000  # events per durable publish: one ack wait (or one spool transaction) each
+CHUNK_TIMEOUT_S = 10.0
 
 
 class Publisher(Protocol):
-    def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None: ...
+    def publish_durable(self, short_topic: str, events: Event | Sequence[Event], *,
+                        timeout: float = 5.0) -> object: ...
 
 
 class RejectedRow(BaseModel):
@@ -141,12 +149,23 @@ def process_file(
             report.rows_accepted += 1
     f.seek(0)
     done = 0
-    for item in iter_rows(f, fmt, cfg, max_text_chars):  # pass 2: publish
+    chunk: list[ReviewRequest] = []
+
+    def flush_chunk() -> None:
+        nonlocal done
+        publisher.publish_durable(TOPIC_REVIEW_REQUESTS, chunk, timeout=CHUNK_TIMEOUT_S)
+        done += len(chunk)
+        chunk.clear()
+        if progress:
+            progress(done)
+
+    for item in iter_rows(f, fmt, cfg, max_text_chars):  # pass 2: publish, durably, chunk by chunk
         if isinstance(item, FeedbackRow):
-            publisher.publish(TOPIC_REVIEW_REQUESTS, event_for(item, cfg, basis), block_s=1.0)
-            done += 1
-            if progress and done % 1000 == 0:
-                progress(done)
+            chunk.append(event_for(item, cfg, basis))
+            if len(chunk) >= PUBLISH_CHUNK:
+                flush_chunk()
+    if chunk:
+        flush_chunk()
     report.finished_at = datetime.now(UTC)
     return report
 

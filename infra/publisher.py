@@ -1,14 +1,22 @@
-"""Fire-and-forget event publishing that never blocks the caller on the broker and loses nothing.
+"""Event publishing with two guarantees to pick from: fire-and-forget, or durable before return.
 
-``publish`` only serializes the event and puts it on an in-memory queue. A sender thread hands
-queued events to the Kafka producer (asynchronous, acks=all); an event the broker does not ack —
-broker down, producer not creatable, delivery timeout — is appended to the durable ``Spool``
-and redelivered by the same thread once the broker answers again, including spool rows left by
-a previous run of the process. Events keep their ``event_id``, so the at-least-once redelivery
-is exactly-once in effect after the consumer's dedupe.
+``publish`` (fire-and-forget; the low-confidence classify path) only serializes the event and
+puts it on an in-memory queue. A sender thread hands queued events to the Kafka producer
+(asynchronous, acks=all); an event the broker does not ack — broker down, producer not
+creatable, delivery timeout — is appended to the durable ``Spool`` and redelivered by the same
+thread once the broker answers again, including spool rows left by a previous run of the
+process. Events keep their ``event_id``, so the at-least-once redelivery is exactly-once in
+effect after the consumer's dedupe.
 
-Window of loss: events still in memory (queue, producer buffer) when the *process* is killed
-with SIGKILL. ``close()`` spools whatever is not acked, so a normal shutdown loses nothing.
+Window of loss of ``publish``: events still in memory (queue, producer buffer) when the *process*
+is killed with SIGKILL. ``close()`` spools whatever is not acked, so a normal shutdown loses
+nothing. Classify accepts that window: its review requests are a sample, and a broker round trip
+per request would cost latency.
+
+``publish_durable`` (explicit feedback: single and batch) closes that window. It returns only once
+every event is acked by the broker (acks=all) or committed to the SQLite spool, and raises
+``NotDurable`` when neither happened, so an API can answer 2xx only for feedback that will reach
+the review queue (or the dead-letter topic) even if the process is SIGKILLed right after.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -28,6 +37,19 @@ from infra.settings import Settings
 from infra.spool import Spool, SpooledRecord
 
 log = logging.getLogger(__name__)
+
+
+class NotDurable(RuntimeError):
+    """Some events were neither acked by the broker nor committed to the spool; the message says why."""
+
+
+class DurableOutcome(BaseModel):
+    acked: int  # acked by the broker
+    spooled: int  # committed to the spool (delivered later, same event_id)
+
+
+# part of publish_durable's timeout kept for the spool write when the broker does not ack in time
+SPOOL_RESERVE_S = 0.5
 
 
 class PublisherStats(BaseModel):
@@ -75,6 +97,71 @@ class EventPublisher:
 
     # ---- caller side -------------------------------------------------------------------------
 
+    def _record(self, short_topic: str, event: Event) -> SpooledRecord:
+        return SpooledRecord(
+            topic=self.bus.topic(short_topic),
+            key=event.key(),
+            value=event.to_bytes(),
+            event_id=getattr(event, "event_id", None),
+        )
+
+    def publish_durable(self, short_topic: str, events: Event | Sequence[Event], *,
+                        timeout: float = 5.0) -> DurableOutcome:
+        """Return once each event is acked by the broker or committed to the spool; else raise.
+
+        While the broker looks up, the events are sent at once and their acks awaited until
+        ``timeout`` (less a reserve for the spool write); whatever is not acked by then — broker
+        down, slow, or unknown — is committed to the spool in one transaction, and the sender
+        thread redelivers it. An event both acked late and spooled reaches the topic twice with
+        the same ``event_id``: consumers dedupe. Raises ``NotDurable`` (nothing of this call is
+        left only in memory) when the spool write fails too; a serialization bug raises as is.
+        Blocking by design: call it from a worker thread, not the event loop.
+        """
+        batch = [events] if isinstance(events, Event) else list(events)
+        records = [self._record(short_topic, ev) for ev in batch]
+        if not records:
+            return DurableOutcome(acked=0, spooled=0)
+        deadline = time.monotonic() + timeout
+        producer = self._producer
+        pending = records
+        acked = 0
+        why = "broker unavailable"
+        if producer is not None and self._up and not self._closing.is_set():
+            futures: list[tuple[SpooledRecord, Any]] = []
+            unsent: list[SpooledRecord] = []
+            for i, r in enumerate(records):
+                try:
+                    futures.append((r, producer.send(r.topic, r.value, key=r.key)))
+                except Exception as exc:  # metadata or buffer wait ran out: the broker is not there
+                    why = f"send failed: {exc!r}"
+                    unsent = records[i:]
+                    break
+            failed: list[SpooledRecord] = []
+            for r, f in futures:
+                try:
+                    f.get(timeout=max(0.0, deadline - SPOOL_RESERVE_S - time.monotonic()))
+                    acked += 1
+                except Exception as exc:
+                    why = f"no ack: {exc!r}"
+                    failed.append(r)
+            pending = failed + unsent
+            if pending:
+                self._up = False  # next calls go straight to the spool until the sender sees the broker
+        if pending:
+            try:
+                self.spool.append(pending)
+            except Exception as exc:
+                self._count(sent=acked)
+                log.error("%d of %d events neither acked (%s) nor spooled (%r)", len(pending), len(records), why,
+                          exc)
+                raise NotDurable(
+                    f"{len(pending)} of {len(records)} events were neither acknowledged by the broker ({why}) "
+                    f"nor written to the local spool ({exc})"
+                ) from exc
+            self._count(spooled=len(pending), spool_rows=len(pending))
+        self._count(sent=acked)
+        return DurableOutcome(acked=acked, spooled=len(pending))
+
     def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None:
         """Queue the event for the broker; never raises for the broker.
 
@@ -83,12 +170,7 @@ class EventPublisher:
         event goes to the spool instead.
         """
         try:
-            record = SpooledRecord(
-                topic=self.bus.topic(short_topic),
-                key=event.key(),
-                value=event.to_bytes(),
-                event_id=getattr(event, "event_id", None),
-            )
+            record = self._record(short_topic, event)
         except Exception:  # a bug in the event itself: loud, but never the caller's failure
             log.exception("could not serialize event for %s", short_topic)
             return
