@@ -39,6 +39,7 @@ class RegisteredModel(BaseModel):
     eval_fingerprint: str | None = None
     parent_version: str | None = None
     seconds: float
+    stopped_by_time_budget: bool = False
     model_dir: str | None = None  # local copy, only kept when a work_dir was given
 
 
@@ -190,5 +191,6 @@ def train_and_register(
         classifier=cfg.name, version=ref.version, run_id=run_id, model_uri=ref.uri, source=ref.source,
         is_champion=is_champion, metrics=result.metrics, dataset_fingerprint=result.dataset_fingerprint,
         eval_fingerprint=fingerprint(eval_rows) if eval_rows else None, parent_version=parent_version,
-        seconds=result.seconds, model_dir=None if own_dir else result.model_dir,
+        seconds=result.seconds, stopped_by_time_budget=result.stopped_by_time_budget,
+        model_dir=None if own_dir else result.model_dir,
     )

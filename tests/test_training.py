@@ -208,6 +208,7 @@ def test_train_and_register(tmp_path, local_registry, tiny_examples):
     first = train_and_register(cfg, topic_rows(40, seed=1), registry=registry, run_name="first",
                                artifact_location=artifacts, extra_tags={"trigger": "test"}, **tiny)
     assert first.version == "1" and first.is_champion and first.model_uri == "models:/sift-topics/1"
+    assert not first.stopped_by_time_budget and first.model_dir is None  # no work_dir: temp files removed
     assert first.metrics["accuracy"] >= 0.9  # on the automatic 20% hold-out
     assert registry.champion("topics").version == "1"
 
