@@ -55,7 +55,7 @@ class RetrainPolicy(BaseModel):
     min_examples_per_label: int = Field(default=5, ge=1)
     eval_share: float = Field(default=0.2, gt=0, lt=1)
     epochs: int = Field(default=2, ge=1, le=50)
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0, description="encoder rate; the new head trains at 1e-3")
     batch_size: int = Field(default=16, ge=1, le=512)
     max_length: int = Field(default=128, ge=8, le=512)
     time_budget_s: float = Field(default=900, gt=0)
