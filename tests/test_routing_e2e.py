@@ -1,0 +1,158 @@
+"""Low-confidence routing end to end: the real app (``sift.app``) serving a real tiny model through the
+MLflow registry (S3 artifacts), publishing to the real broker (Tansu on S3).
+
+- a classify below the classifier's threshold produces exactly one ``low_confidence`` review request
+  carrying the prediction (label, confidence, scores, model version, prediction id);
+- a confident one produces none — proven by reading the topic with a fresh consumer group from
+  ``earliest`` up to the *fetched* high watermark (``end_offsets`` is wrong on Tansu);
+- classify keeps answering 200 while the broker is down, and the review request is delivered once
+  the broker is back (spool redelivery), exactly once after dedupe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import TopicPartition
+
+from infra.bus import Bus
+from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, parse_event
+from infra.objectstore import ObjectStore
+from infra.settings import Settings
+from infra.tenants import ClassifierConfig, TenantStore
+from sift.app import create_app
+from tests.bus_helpers import isolated, wait_until
+from tests.services import KafkaService
+from tests.test_classify_api import register_model_dir
+
+pytestmark = pytest.mark.timeout(400)
+
+
+@dataclass
+class Served:
+    client: TestClient
+    settings: Settings  # the test's own topic prefix
+    keys: dict[str, str]  # classifier name -> API key
+    versions: dict[str, str]  # classifier name -> champion version
+    labels: list[str]
+
+    def classify(self, name: str, text: str) -> dict[str, Any]:
+        r = self.client.post(f"/v1/classifiers/{name}/classify", json={"text": text},
+                             headers={"x-api-key": self.keys[name]})
+        assert r.status_code == 200, r.text
+        (res,) = r.json()["results"]
+        return res
+
+
+@pytest.fixture
+def served(sift_settings: Settings, mlflow_server, tiny_model_dir: Path) -> Iterator[Served]:  # noqa: ANN001
+    """Two classifiers on the same tiny model: 'doubtful' (threshold 0.999) and 'sure' (0.01)."""
+    settings = isolated(sift_settings)
+    labels = json.loads((Path(tiny_model_dir) / "sift_model.json").read_text())["labels"]
+    tenants = TenantStore(ObjectStore(settings))
+    tenants.store.ensure_bucket()
+    base = f"rt-{uuid.uuid4().hex[:6]}"
+    keys: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    for suffix, threshold in (("doubtful", 0.999), ("sure", 0.01)):
+        cfg, key = tenants.create(ClassifierConfig(name=f"{base}-{suffix}", labels=labels, threshold=threshold))
+        keys[suffix] = cfg.name
+        keys[cfg.name] = key
+        versions[cfg.name] = register_model_dir(settings, cfg.name, Path(tiny_model_dir))
+    with TestClient(create_app(settings)) as client:
+        yield Served(client, settings, keys, versions, labels)
+
+
+def read_to_high_watermark(settings: Settings, short: str = TOPIC_REVIEW_REQUESTS,
+                           timeout_s: float = 60.0) -> list[ReviewRequest]:
+    """Every record of the (single-partition) topic: a fresh group from earliest, until the consumer's
+    position reaches the high watermark returned by its own fetches."""
+    bus = Bus(settings)
+    consumer = bus.consumer(f"e2e-{uuid.uuid4().hex[:8]}", [short])
+    tp = TopicPartition(bus.topic(short), 0)
+    events: list[ReviewRequest] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            assert time.monotonic() < deadline, "never reached the topic's high watermark"
+            for records in consumer.poll(timeout_ms=500).values():
+                events.extend(parse_event(short, r.value) for r in records)  # type: ignore[misc]
+            if tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                if high is not None and consumer.position(tp) >= high:
+                    return events
+    finally:
+        consumer.close()
+
+
+AMBIGUOUS = "The weather delayed the match and markets reacted"
+
+
+def test_low_confidence_classify_produces_exactly_one_review_request(served: Served,
+                                                                      tiny_examples: dict[str, str]) -> None:
+    doubtful, sure = served.keys["doubtful"], served.keys["sure"]
+    confident = [served.classify(sure, text) for text in tiny_examples.values()]
+    assert not any(res["review_requested"] for res in confident)
+    res = served.classify(doubtful, AMBIGUOUS)
+    assert res["review_requested"] is True and res["confidence"] < 0.999
+    publisher = served.client.app.state.services.extras["publisher"]  # type: ignore[attr-defined]
+    assert publisher.flush(30), publisher.stats()
+
+    events = read_to_high_watermark(served.settings)
+    assert [e.classifier for e in events] == [doubtful]  # one for the doubtful one, none for the sure ones
+    (ev,) = events
+    assert ev.source == "low_confidence" and ev.text == AMBIGUOUS
+    assert (ev.predicted_label, ev.confidence, ev.scores) == (res["label"], res["confidence"], res["scores"])
+    assert (ev.model_version, ev.prediction_id) == (res["model_version"], res["prediction_id"])
+    assert ev.model_version == served.versions[doubtful]
+    assert set(ev.scores) == set(served.labels)
+    assert ev.verdict is None and ev.suggested_label is None
+
+
+def test_confident_classify_produces_none(served: Served, tiny_examples: dict[str, str]) -> None:
+    sure = served.keys["sure"]
+    for text in [*tiny_examples.values(), AMBIGUOUS]:
+        assert served.classify(sure, text)["review_requested"] is False
+    publisher = served.client.app.state.services.extras["publisher"]  # type: ignore[attr-defined]
+    assert publisher.flush(30), publisher.stats()
+    assert publisher.stats().sent == 0
+    assert read_to_high_watermark(served.settings) == []
+
+
+def test_classify_answers_while_the_broker_is_down_and_the_event_arrives_after(
+    served: Served, kafka_broker: KafkaService
+) -> None:
+    doubtful = served.keys["doubtful"]
+    served.classify(doubtful, "warm-up before the outage")  # model loaded, producer connected
+    publisher = served.client.app.state.services.extras["publisher"]  # type: ignore[attr-defined]
+    assert publisher.flush(30), publisher.stats()
+
+    kafka_broker.kill()
+    latencies, results = [], []
+    for i in range(5):
+        t0 = time.perf_counter()
+        results.append(served.classify(doubtful, f"{AMBIGUOUS} ({i})"))
+        latencies.append(time.perf_counter() - t0)
+    assert all(r["review_requested"] for r in results)
+    # no broker wait in classify: the events sit in the producer / spool, not in the request
+    assert max(latencies) < 2.0, latencies
+    assert wait_until(lambda: publisher.stats().spool_rows >= 5, 60), publisher.stats()
+
+    kafka_broker.start()
+    assert publisher.flush(90), publisher.stats()
+    events = read_to_high_watermark(served.settings)
+    ids = [e.prediction_id for e in events]
+    wanted = {r["prediction_id"] for r in results}
+    assert wanted <= set(ids)
+    assert sum(1 for e in events if e.prediction_id in wanted) >= 5
+    assert len({e.event_id for e in events if e.prediction_id in wanted}) == 5  # exactly once after dedupe
+    print(f"\nclassify during the outage: max {max(latencies) * 1000:.0f} ms; raw events {len(events)}, "
+          f"distinct {len({e.event_id for e in events})}; {publisher.stats()}")
