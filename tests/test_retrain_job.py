@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -75,6 +76,27 @@ def test_retrain_registers_versions_with_lineage_and_promotes(sift_settings, mlf
     assert load_job(store, cfg.name, record.job_id).status == "promoted"
     phases = [p.name for p in record.phases]
     assert phases[:3] == ["assemble", "validate", "load_champion"] and phases[-1] == "promote"
+
+    # the operator's view: sift models list / report (metrics, verdict, lineage, PNGs downloaded)
+    from typer.testing import CliRunner
+
+    from retrain.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["models", "list", cfg.name])
+    assert out.exit_code == 0, out.output
+    listed = {m["version"]: m for m in json.loads(out.output)}
+    assert listed[new.version]["aliases"] == ["champion"] and listed[champion]["aliases"] == ["previous-champion"]
+    out = runner.invoke(app, ["models", "report", cfg.name, new.version, "--out", str(tmp_path / "reports")])
+    assert out.exit_code == 0, out.output
+    assert "blessed: True" in out.output and f"dataset version: {ds.version_id}" in out.output
+    assert "/#/experiments/" in out.output
+    selected = next(c for c in record.candidates if c.version == new.version)
+    if selected.name == "warm":
+        assert f"parent version:  {champion}" in out.output
+    pngs = [line.strip() for line in out.output.splitlines() if line.strip().endswith(".png")]
+    assert {Path(p).name for p in pngs} == {"confusion.png", "learning_curve.png"}
+    assert all(Path(p).stat().st_size > 1000 for p in pngs)
 
 
 def test_candidate_below_margin_is_not_promoted_and_reason_recorded(sift_settings, mlflow_server, tiny_model_dir,
