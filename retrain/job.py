@@ -333,8 +333,7 @@ class RetrainJob:
                     cand.error = f"{type(exc).__name__}: {exc}"
                     continue
             cand.version, cand.run_id, cand.train_seconds = reg.version, reg.run_id, reg.seconds
-            cand.stopped_by_time_budget = bool(reg.metrics.get("epochs_completed", 0) + 1e-6
-                                               < float(spec.epochs or policy.epochs))
+            cand.stopped_by_time_budget = reg.stopped_by_time_budget
             self._link_dataset(cand, ds)
             assert reg.model_dir is not None
             trained[spec.name] = reg.model_dir
