@@ -40,6 +40,7 @@ def train_rows_command(
     make_champion_if_none: bool = True,
     source: str = "",
 ) -> dict[str, Any]:
+    from retrain.assemble import split_for_training
     from retrain.seed import store_seed
     from retrain.tracking import train_and_register
 
@@ -53,9 +54,12 @@ def train_rows_command(
     # kept in the object store so every later retrain can rebuild the training set from it
     store_seed(store, name, rows, source=source)
     policy = cfg.retrain
+    # the same hash rule as the retrain stage: the first champion never sees the evaluation texts
+    train_rows, eval_rows = split_for_training(name, rows, policy.eval_share)
     registered = train_and_register(
         cfg,
-        rows,
+        train_rows,
+        eval_rows=eval_rows or None,
         registry=Registry(settings),
         make_champion_if_none=make_champion_if_none,
         run_name=f"train-{name}",
