@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.local.procs import LOOPBACK, ManagedProcess, free_port, require_free_port
+from infra.local.procs import LOOPBACK, LocalService, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,14 @@ def label_studio_venv() -> Path:
     return Path(os.environ.get("SIFT_LABEL_STUDIO_VENV") or REPO_ROOT / ".venv-labelstudio")
 
 
-class LabelStudioServer:
+class LabelStudioServer(LocalService):
+    """Label Studio from its own virtualenv, in a clean environment, with a legacy API token."""
+
+    name = "label-studio"
+    start_timeout = 240.0
+    stop_grace = 15
+    ready_interval = 1.0
+
     def __init__(
         self,
         data_dir: Path,
@@ -40,7 +47,7 @@ class LabelStudioServer:
         self.token = token
         self.venv = Path(venv) if venv else label_studio_venv()
         self.die_with_parent = die_with_parent
-        self.process: ManagedProcess | None = None
+        self.process = None
 
     @property
     def url(self) -> str:
@@ -85,34 +92,12 @@ class LabelStudioServer:
         )
         return api.status_code == 200
 
-    def start(self, timeout: float = 240.0) -> LabelStudioServer:
-        """First start on an empty data dir runs migrations (80–110 s); later ones take ~10 s."""
-        if self.process and self.process.is_running:
+    def start(self, timeout: float | None = None) -> LabelStudioServer:
+        if self.is_running:
             return self
         exe = self.venv / "bin" / "label-studio"
         if not exe.exists():
             raise FileNotFoundError(f"{exe} missing: create the Label Studio venv or set SIFT_LABEL_STUDIO_VENV")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        require_free_port(self.port, "label-studio")
-        self.process = ManagedProcess(
-            "label-studio", self._argv(), log_dir=self.log_dir, env=self._env(), clean_env=True,
-            cwd=self.data_dir, stop_grace=15, die_with_parent=self.die_with_parent,
-        ).start()
-        self.process.wait_ready(self.ready, timeout, interval=1.0)
+        self._launch(self._argv(), self._env(), self.port, timeout)
         return self
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
-
-    def restart(self, timeout: float = 240.0) -> LabelStudioServer:
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return bool(self.process and self.process.is_running)

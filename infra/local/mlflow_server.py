@@ -11,10 +11,17 @@ from pathlib import Path
 
 import httpx
 
-from infra.local.procs import LOOPBACK, ManagedProcess, free_port, require_free_port
+from infra.local.procs import LOOPBACK, LocalService, free_port
 
 
-class MlflowServer:
+class MlflowServer(LocalService):
+    """MLflow tracking + registry: SQLite backend store, artifacts proxied to S3."""
+
+    name = "mlflow"
+    start_timeout = 90.0
+    stop_grace = 10
+    ready_interval = 0.5
+
     def __init__(
         self,
         data_dir: Path,
@@ -41,7 +48,7 @@ class MlflowServer:
         self.artifacts_prefix = artifacts_prefix
         self.die_with_parent = die_with_parent
         self.python = python
-        self.process: ManagedProcess | None = None
+        self.process = None
 
     @property
     def tracking_uri(self) -> str:
@@ -88,30 +95,9 @@ class MlflowServer:
     def ready(self) -> bool:
         return httpx.get(f"{self.tracking_uri}/health", timeout=2).status_code == 200
 
-    def start(self, timeout: float = 90.0) -> MlflowServer:
-        if self.process and self.process.is_running:
+    def start(self, timeout: float | None = None) -> MlflowServer:
+        if self.is_running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        require_free_port(self.port, "mlflow")
-        self.process = ManagedProcess(
-            "mlflow", self._argv(), log_dir=self.log_dir, env=self._env(), clean_env=True,
-            cwd=self.data_dir, stop_grace=10, die_with_parent=self.die_with_parent,
-        ).start()
-        self.process.wait_ready(self.ready, timeout, interval=0.5)
+        self._launch(self._argv(), self._env(), self.port, timeout)
         return self
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
-
-    def restart(self, timeout: float = 90.0) -> MlflowServer:
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return bool(self.process and self.process.is_running)

@@ -216,3 +216,55 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25
             pass
         time.sleep(interval)
     return False
+
+
+class LocalService:
+    """What every local server launcher shares: one ManagedProcess, started, probed, stopped alike.
+
+    Subclasses set ``name``/``start_timeout`` and implement ``ready()`` and ``start()``, which
+    calls ``_launch`` with their argv and environment.
+    """
+
+    name = "service"
+    start_timeout = 60.0
+    stop_grace = 10.0
+    ready_interval = 0.25
+
+    process: ManagedProcess | None = None
+    data_dir: Path
+    log_dir: Path
+    die_with_parent: bool = False
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float | None = None) -> LocalService:
+        raise NotImplementedError
+
+    def _launch(self, argv: list[str], env: dict[str, str], port: int, timeout: float | None,
+                port_wait: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        require_free_port(port, self.name, wait=port_wait)
+        self.process = ManagedProcess(
+            self.name, argv, log_dir=self.log_dir, env=env, clean_env=True, cwd=self.data_dir,
+            stop_grace=self.stop_grace, die_with_parent=self.die_with_parent,
+        ).start()
+        self.process.wait_ready(self.ready, timeout or self.start_timeout, interval=self.ready_interval)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown (fault tests)."""
+        if self.process:
+            self.process.kill()
+
+    def restart(self, timeout: float | None = None) -> LocalService:
+        """Stop (if running) and start again on the same port and data."""
+        self.stop()
+        return self.start(timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return bool(self.process and self.process.is_running)

@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from infra.local.procs import LOOPBACK, ManagedProcess, free_port, port_is_free, require_free_port
+from infra.local.procs import LOOPBACK, LocalService, free_port, port_is_free
 
 # weed's admin plugin worker dials the admin gRPC port as admin.port + 10000, whatever
 # -admin.port.grpc says; keep the two consistent or it retries someone else's port forever
@@ -93,8 +93,13 @@ def ensure_bucket(client: Any, name: str) -> None:
             raise
 
 
-class SeaweedServer:
+class SeaweedServer(LocalService):
     """`weed mini` with every listener on loopback and a single admin S3 identity."""
+
+    name = "seaweedfs"
+    start_timeout = 60.0
+    stop_grace = 15
+    ready_interval = 0.25
 
     def __init__(
         self,
@@ -114,7 +119,7 @@ class SeaweedServer:
         self.secret_key = secret_key
         self.region = region
         self.die_with_parent = die_with_parent
-        self.process: ManagedProcess | None = None
+        self.process = None
 
     @property
     def endpoint(self) -> str:
@@ -183,35 +188,13 @@ class SeaweedServer:
         probe.list_buckets()
         return True
 
-    def start(self, timeout: float = 60.0) -> SeaweedServer:
-        if self.process and self.process.is_running:
+    def start(self, timeout: float | None = None) -> SeaweedServer:
+        if self.is_running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        require_free_port(self.s3_port, "seaweedfs")
         # a clean env: weed also reads AWS_* and S3_* variables, which must not override our identity
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.data_dir)}
-        self.process = ManagedProcess(
-            "seaweedfs", self._argv(), log_dir=self.log_dir, env=env, clean_env=True,
-            cwd=self.data_dir, stop_grace=15, die_with_parent=self.die_with_parent,
-        ).start()
-        self.process.wait_ready(self.ready, timeout)
+        self._launch(self._argv(), env, self.s3_port, timeout)
         return self
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
-
-    def restart(self, timeout: float = 60.0) -> SeaweedServer:
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return bool(self.process and self.process.is_running)
 
     def create_bucket(self, name: str) -> None:
         ensure_bucket(self.client, name)

@@ -6,7 +6,7 @@ import importlib.resources
 import os
 from pathlib import Path
 
-from infra.local.procs import LOOPBACK, ManagedProcess, free_port, port_open, require_free_port
+from infra.local.procs import LOOPBACK, LocalService, free_port, port_open
 
 
 def tansu_binary() -> Path:
@@ -45,12 +45,17 @@ def kafka_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
         admin.close()
 
 
-class TansuBroker:
+class TansuBroker(LocalService):
     """One Tansu broker on a fixed loopback port; storage `memory://tansu/` or `s3://<bucket>/`.
 
     With S3 storage, topics, records and committed offsets survive stop/kill + start on the
     same port, which is what fault tests rely on.
     """
+
+    name = "tansu"
+    start_timeout = 30.0
+    stop_grace = 10
+    ready_interval = 0.3
 
     def __init__(
         self,
@@ -80,7 +85,7 @@ class TansuBroker:
         self.s3_region = s3_region
         self.cluster_id = cluster_id
         self.die_with_parent = die_with_parent
-        self.process: ManagedProcess | None = None
+        self.process = None
 
     @classmethod
     def on_s3(
@@ -135,33 +140,10 @@ class TansuBroker:
     def ready(self) -> bool:
         return kafka_ready(self.bootstrap)
 
-    def start(self, timeout: float = 30.0) -> TansuBroker:
-        if self.process and self.process.is_running:
+    def start(self, timeout: float | None = None) -> TansuBroker:
+        if self.is_running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         # after a kill the port can linger briefly; binding it too early makes tansu panic
-        require_free_port(self.port, "tansu", wait=15)
-        self.process = ManagedProcess(
-            "tansu", self._argv(), log_dir=self.log_dir, env=self._env(), clean_env=True,
-            cwd=self.data_dir, stop_grace=10, die_with_parent=self.die_with_parent,
-        ).start()
-        self.process.wait_ready(self.ready, timeout, interval=0.3)
+        self._launch(self._argv(), self._env(), self.port, timeout, port_wait=15)
         return self
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, not a shutdown."""
-        if self.process:
-            self.process.kill()
-
-    def restart(self, timeout: float = 30.0) -> TansuBroker:
-        """Stop (if running) and start again on the same port and storage."""
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return bool(self.process and self.process.is_running)
