@@ -64,3 +64,19 @@ def tiny_model_dir(tiny_train_result) -> Path:
 @pytest.fixture(scope="session")
 def tiny_examples() -> dict[str, str]:
     return dict(TINY_EXAMPLES)
+
+
+def register_champion(settings, classifier: str, model_dir: Path) -> str:
+    """Log a model directory to MLflow, register it and make it the classifier's champion."""
+    import mlflow
+
+    from infra.registry import Registry, configure_mlflow
+
+    configure_mlflow(settings)
+    mlflow.set_experiment(f"sift-{classifier}")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model_dir), "model")
+    registry = Registry(settings)
+    ref = registry.register(classifier, run.info.run_id)
+    registry.set_champion(classifier, ref.version)
+    return ref.version

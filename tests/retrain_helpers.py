@@ -7,17 +7,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import mlflow
-
 from infra.events import ReviewedLabel
 from infra.objectstore import ObjectStore
-from infra.registry import Registry, configure_mlflow
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, RetrainPolicy, TenantStore
 from retrain.dataio import LabeledText
 from retrain.job import CandidateSpec, JobOptions
 from retrain.seed import store_seed
-from tests.model_fixtures import TINY_LABELS, TINY_TRAIN, topic_rows
+from tests.model_fixtures import TINY_LABELS, TINY_TRAIN, register_champion, topic_rows
 
 TEST_POLICY = dict(min_new_labels=30, promotion_margin=0.0, recall_tolerance=0.05, min_examples_per_label=5,
                    eval_share=0.25, epochs=2, learning_rate=3e-4, batch_size=16, max_length=32, time_budget_s=120)
@@ -32,17 +29,6 @@ def make_classifier(settings: Settings, **policy: object) -> tuple[ClassifierCon
                            retrain=RetrainPolicy(**{**TEST_POLICY, **policy}))
     cfg, key = TenantStore(store).create(cfg)
     return cfg, key
-
-
-def register_champion(settings: Settings, classifier: str, model_dir: Path) -> str:
-    configure_mlflow(settings)
-    mlflow.set_experiment(f"sift-{classifier}")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(model_dir), "model")
-    registry = Registry(settings)
-    ref = registry.register(classifier, run.info.run_id)
-    registry.set_champion(classifier, ref.version)
-    return ref.version
 
 
 def weak_model_dir(tmp: Path) -> Path:

@@ -7,25 +7,13 @@ import time
 import uuid
 from pathlib import Path
 
-import mlflow
 import pytest
 from fastapi.testclient import TestClient
 
 from infra.objectstore import ObjectStore
-from infra.registry import Registry, configure_mlflow
 from infra.tenants import ClassifierConfig, TenantStore
 from sift.app import create_app
-
-
-def register_model_dir(settings, classifier: str, model_dir: Path) -> str:
-    configure_mlflow(settings)
-    mlflow.set_experiment(f"sift-{classifier}")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(model_dir), "model")
-    registry = Registry(settings)
-    ref = registry.register(classifier, run.info.run_id)
-    registry.set_champion(classifier, ref.version)
-    return ref.version
+from tests.model_fixtures import register_champion
 
 
 @pytest.fixture
@@ -37,7 +25,7 @@ def served(sift_settings, mlflow_server, tiny_model_dir):
     name = f"clf-{uuid.uuid4().hex[:8]}"
     cfg, key = tenants.create(ClassifierConfig(name=name, labels=labels, threshold=0.5))
     other, other_key = tenants.create(ClassifierConfig(name=f"{name}-b", labels=labels))
-    version = register_model_dir(sift_settings, name, Path(tiny_model_dir))
+    version = register_champion(sift_settings, name, Path(tiny_model_dir))
     app = create_app(sift_settings)
     with TestClient(app) as client:
         client.headers["x-api-key"] = key

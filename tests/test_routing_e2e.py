@@ -30,8 +30,8 @@ from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
 from sift.app import create_app
 from tests.bus_helpers import isolated, wait_until
+from tests.model_fixtures import register_champion
 from tests.services import KafkaService
-from tests.test_classify_api import register_model_dir
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -66,7 +66,7 @@ def served(sift_settings: Settings, mlflow_server, tiny_model_dir: Path) -> Iter
         cfg, key = tenants.create(ClassifierConfig(name=f"{base}-{suffix}", labels=labels, threshold=threshold))
         keys[suffix] = cfg.name
         keys[cfg.name] = key
-        versions[cfg.name] = register_model_dir(settings, cfg.name, Path(tiny_model_dir))
+        versions[cfg.name] = register_champion(settings, cfg.name, Path(tiny_model_dir))
     with TestClient(create_app(settings)) as client:
         yield Served(client, settings, keys, versions, labels)
 
