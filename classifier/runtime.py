@@ -36,6 +36,27 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def length_chunks(lengths: list[int], max_batch: int, max_waste: float = 0.05) -> list[list[int]]:
+    """Indices grouped by similar length: a chunk grows while padding wastes at most ``max_waste``
+    of its tokens (lengths sorted descending, so each chunk's first text sets its padded width)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    width = used = 0
+    for i in order:
+        if current and (len(current) >= max_batch
+                        or 1 - (used + lengths[i]) / (width * (len(current) + 1)) > max_waste):
+            chunks.append(current)
+            current, used = [], 0
+        if not current:
+            width = lengths[i]
+        current.append(i)
+        used += lengths[i]
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 class LoadedModel:
     """A classifier ready to predict; thread-safe (one lock around the tokenizer and forward pass)."""
 
@@ -87,19 +108,20 @@ class LoadedModel:
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Probabilities, shape (len(texts), len(labels)), float32, rows in input order.
 
-        Texts are batched by length so that dynamic padding pads little.
+        Texts are tokenised once, sorted by length and cut into chunks whose padding stays small:
+        on CPU the cost of a forward pass is proportional to the padded tokens, so one long text
+        must not make fifteen short ones pay for its length.
         """
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._lock:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt").to(self.device)
-                logits = self.model(**enc).logits
-                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+            ids = enc["input_ids"]
+            for chunk in length_chunks([len(x) for x in ids], self.batch_size):
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in chunk] for k in enc}, return_tensors="pt")
+                logits = self.model(**batch.to(self.device)).logits
+                out[chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
     def predict(self, texts: list[str]) -> list[tuple[str, float]]:

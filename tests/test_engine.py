@@ -85,3 +85,17 @@ def test_broken_model_dir_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelUnavailable, match="could not be loaded"):
         asyncio.run(run())
+
+
+def test_length_chunks_bound_padding_and_cover_every_text():
+    from classifier.runtime import length_chunks
+
+    lengths = [128, 12, 14, 127, 60, 61, 13, 128, 59, 90, 11, 12]
+    chunks = length_chunks(lengths, max_batch=4, max_waste=0.05)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for chunk in chunks:
+        assert len(chunk) <= 4
+        width = max(lengths[i] for i in chunk)
+        assert 1 - sum(lengths[i] for i in chunk) / (width * len(chunk)) <= 0.05
+    # one long text never shares a chunk with the short ones
+    assert all(len({lengths[i] > 100 for i in c}) == 1 for c in chunks)
