@@ -102,15 +102,10 @@ async def classify(
 
 def _publish(services: Services, cfg: ClassifierConfig, text: str, s: Scored) -> Prediction:
     """Record the prediction and route a doubtful one to review; neither waits for I/O."""
-    prediction_id = uuid.uuid4().hex
     predictions = services.extras.get("predictions")
-    if predictions is not None:
-        predictions.record(
-            PredictionRecord(
-                prediction_id=prediction_id, classifier=cfg.name, text=text, label=s.label,
-                confidence=s.confidence, scores=s.scores, model_version=s.model_version,
-            )
-        )
+    record = PredictionRecord(classifier=cfg.name, text=text, label=s.label, confidence=s.confidence,
+                              scores=s.scores, model_version=s.model_version)
+    prediction_id = predictions.record(record) if predictions is not None else uuid.uuid4().hex
     request = review_request_for(cfg, text, s.label, s.confidence, s.scores, s.model_version, prediction_id)
     publisher = services.extras.get("publisher")
     if request is not None:
