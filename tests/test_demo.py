@@ -39,3 +39,9 @@ def test_miniature_experiment(tmp_path) -> None:
     assert len({a.rounds[0].accuracy for a in result.arms}) == 1
     assert [p.labels for p in result.curves["uncertainty"]] == [6, 12, 18]
     assert result.curves["random"][0].accuracy_std == 0.0
+
+    from retrain.demo.report import write_results
+
+    paths = write_results(tmp_path / "out", result, None, wall_s=1.0)
+    assert paths["plot"].stat().st_size > 1000 and "uncertainty" in paths["markdown"].read_text()
+    assert "accuracy.png" in paths["readme_section"].read_text()

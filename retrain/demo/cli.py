@@ -31,12 +31,12 @@ def demo(
     rounds: int = typer.Option(5, help="query rounds per arm"),
     batch: int = typer.Option(25, help="labels queried per round"),
     initial: int = typer.Option(25, help="random seed labels"),
-    pool: int = typer.Option(1200, help="pool texts to query from"),
-    test: int = typer.Option(700, help="held-out test texts"),
+    pool: int = typer.Option(1000, help="pool texts to query from"),
+    test: int = typer.Option(600, help="held-out test texts"),
     layers: int = typer.Option(2, help="encoder layers kept (speed on CPU)"),
     max_length: int = typer.Option(64),
     loop_rounds: int = typer.Option(2, help="review + retrain rounds through the product"),
-    loop_labels: int = typer.Option(100, help="reviewed labels per product round (= the retrain trigger)"),
+    loop_labels: int = typer.Option(50, help="reviewed labels per product round (= the retrain trigger)"),
     keep_stack: bool = typer.Option(False, help="leave the demo stack running afterwards"),
     data_dir: Path = typer.Option(Path(".stack/demo"), help="the demo stack's data folder"),
     port_base: int = typer.Option(26000, help="demo ports: base+333 S3, +92 Kafka, +500 MLflow, +80 LS, +800 API"),
@@ -76,6 +76,6 @@ def demo(
         typer.echo("")
         typer.echo(reading(exp, loop))
         typer.secho(f"\nwall time {wall / 60:.1f} min; plot {paths['plot']}, results {paths['results']}, "
-                    f"README text {paths['markdown']}", bold=True)
+                    f"README section {paths['readme_section']}", bold=True)
     else:
         typer.secho(f"\nwall time {wall / 60:.1f} min (part B only: nothing written)", bold=True)

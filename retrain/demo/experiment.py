@@ -44,14 +44,14 @@ class ExperimentConfig(BaseModel):
     corpus: str = "reuters-r8"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     initial_labels: int = 25
-    rounds: int = 6
+    rounds: int = 5
     batch: int = 25
-    pool_size: int = 2000
-    test_size: int = 1000
+    pool_size: int = 1000
+    test_size: int = 600
     num_hidden_layers: int = 2
     max_length: int = 64
     epochs: float = 2.0
-    min_steps: int = 30
+    min_steps: int = 24
     learning_rate: float = 5e-4
     head_learning_rate: float = 1e-3
     batch_size: int = 16

@@ -53,7 +53,7 @@ class LoopConfig(BaseModel):
     seed_labels: int = 200
     min_per_label: int = 8
     rounds: int = 2
-    labels_per_round: int = 100
+    labels_per_round: int = 50
     traffic_per_round: int = 500
     threshold: float = 0.9
     review_window: int = 25
@@ -324,15 +324,16 @@ def run_loop(cfg: LoopConfig, pool: list[LabeledText], test: list[LabeledText], 
             chunk = traffic[(rnd - 1) * cfg.traffic_per_round: rnd * cfg.traffic_per_round]
             jobs_before = {j.job_id for j in list_jobs(store, name, limit=100)}
             items_prefix = f"review/{name}/items/"  # the review stage's queue records, one per text
-            seen_before = len(store.list_keys(items_prefix))
+            seen_before = sum(1 for _ in store.list_keys(items_prefix))
             results = api.classify([r.text for r in chunk])
             routed = sum(bool(r["review_requested"]) for r in results)
             say(f"[loop] round {rnd}: streamed {len(chunk)} texts, {routed} below the threshold -> review")
             # the reviewer starts once the worker has taken this round's requests in (a reviewer who
             # arrives to a full queue): answering while requests still stream in would hand out tasks
             # in arrival order, and the demo would not show what the priority order picks
-            _wait(lambda p=items_prefix, n=seen_before + routed: len(store.list_keys(p)) >= n, cfg.round_timeout_s,
-                  "the review worker to take in the requests", interval=2.0)
+            target = seen_before + routed
+            _wait(lambda p=items_prefix, n=target: sum(1 for _ in store.list_keys(p)) >= n,
+                  cfg.round_timeout_s, "the review worker to take in the requests", interval=2.0)
             if reviewer is None:
                 pid = _wait(lambda: tenants.require(name).label_studio_project_id, 120, "the review project")
                 reviewer = SimulatedReviewer(settings, int(pid), truth)

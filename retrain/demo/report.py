@@ -162,19 +162,23 @@ def markdown(exp: ExperimentResult, loop: LoopResult | None, plot_path: str, wal
     parts += ["**Reading.** " + reading(exp, loop), "",
               f"Wall time on this machine ({exp.machine.get('cpus')} CPUs, torch {exp.machine.get('torch')}): "
               f"{wall_s / 60:.1f} min in all (experiment {exp.seconds / 60:.1f} min"
-              f"{loop_s}). Raw numbers: `docs/demo/results.json`. Re-run: `sift demo` (or `make demo`)."]
+              f"{loop_s}). Raw numbers: `results.json`. Re-run: `sift demo` (or `make demo`)."]
     return "\n".join(parts) + "\n"
 
 
-def write_results(out_dir: Path, exp: ExperimentResult, loop: LoopResult | None, wall_s: float,
-                  plot_rel: str = "demo/accuracy.png") -> dict[str, Path]:
-    """``results.json`` (small: per-round numbers, no texts), ``accuracy.png`` and ``demo.md`` in ``out_dir``."""
+def write_results(out_dir: Path, exp: ExperimentResult, loop: LoopResult | None, wall_s: float) -> dict[str, Path]:
+    """In ``out_dir``: ``results.json`` (per-round numbers, no texts), ``accuracy.png``, ``README.md`` (shown
+    when browsing the folder) and ``readme-section.md`` (the same text with repository-root paths, for the README)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(exp, out_dir / "accuracy.png", loop)
     data = {"wall_seconds": round(wall_s, 1), "experiment": exp.model_dump(mode="json"),
             "loop": loop.model_dump(mode="json") if loop else None}
     res = out_dir / "results.json"
     res.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    md = out_dir / "demo.md"
-    md.write_text(markdown(exp, loop, plot_rel, wall_s))
-    return {"plot": png, "results": res, "markdown": md}
+    md = out_dir / "README.md"
+    md.write_text(markdown(exp, loop, "accuracy.png", wall_s))
+    section = out_dir / "readme-section.md"
+    root_rel = out_dir.as_posix().strip("/") if not out_dir.is_absolute() else out_dir.name
+    section.write_text(markdown(exp, loop, f"{root_rel}/accuracy.png", wall_s)
+                       .replace("`results.json`", f"`{root_rel}/results.json`"))
+    return {"plot": png, "results": res, "markdown": md, "readme_section": section}
