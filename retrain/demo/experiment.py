@@ -23,7 +23,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -75,6 +75,7 @@ class RoundResult(BaseModel):
     train_seconds: float
     queried: list[int] = Field(default_factory=list, description="pool indices labelled before this round's training")
     query_margin_mean: float | None = Field(default=None, description="mean top-2 margin of the queried texts")
+    queried_labels: dict[str, int] = Field(default_factory=dict, description="true labels of the texts queried")
 
 
 class ArmResult(BaseModel):
@@ -211,7 +212,8 @@ def run_seed(seed: int, pool: list[LabeledText], test: list[LabeledText], labels
             rounds.append(RoundResult(
                 round=r, labels=len(labelled), accuracy=acc, macro_f1=f1, test_examples=len(test),
                 classes_in_labels=len({pool[i].label for i in labelled}), train_steps=steps,
-                train_seconds=round(secs, 2), queried=sorted(picked), query_margin_mean=margin))
+                train_seconds=round(secs, 2), queried=sorted(picked), query_margin_mean=margin,
+                queried_labels=_counts(pool[i].label for i in picked)))
             if prev != d0:
                 shutil.rmtree(prev, ignore_errors=True)
             prev = d
@@ -221,6 +223,13 @@ def run_seed(seed: int, pool: list[LabeledText], test: list[LabeledText], labels
                              seconds=round(time.monotonic() - t0 + shared_s / len(cfg.strategies), 2)))
     shutil.rmtree(d0, ignore_errors=True)
     return out
+
+
+def _counts(labels: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for label in labels:
+        out[label] = out.get(label, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def curves(arms: list[ArmResult]) -> dict[str, list[CurvePoint]]:

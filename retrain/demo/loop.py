@@ -360,14 +360,15 @@ def run_loop(cfg: LoopConfig, pool: list[LabeledText], test: list[LabeledText], 
             acc, f1 = score_version(settings, name, version, test, cache)
             used = (job.dataset.train_counts if job.dataset else {})
             versions.append(VersionResult(
-                round=rnd, version=version, accuracy=acc, macro_f1=f1, labels_used=sum(used.values()),
+                round=rnd, version=version, accuracy=acc, macro_f1=f1,
+                labels_used=sum(used.values()) if job.status == "promoted" else versions[-1].labels_used,
                 reviewed_labels=len(reviewed), job_status=job.status, job_reason=job.reason,
                 served_after_s=served_after))
             rounds.append(RoundLog(round=rnd, streamed=len(chunk), routed_to_review=routed, answered=len(margins),
                                    answered_by_margin=margins, reviewer_seconds=round(review_s, 1),
                                    job_seconds=round(job_s, 1)))
-            say(f"[loop] v{version}: accuracy {acc:.3f}, macro-F1 {f1:.3f} "
-                f"({sum(used.values())} training labels, {len(reviewed)} reviewed)")
+            say(f"[loop] served v{version}: accuracy {acc:.3f}, macro-F1 {f1:.3f} "
+                f"({versions[-1].labels_used} training labels, {len(reviewed)} reviewed so far)")
         return LoopResult(config=cfg, classifier=name, versions=versions, rounds=rounds,
                           seconds=round(time.monotonic() - started, 1), stack_start_seconds=round(stack_s, 1))
     finally:

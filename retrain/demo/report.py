@@ -33,9 +33,10 @@ def plot(exp: ExperimentResult, path: Path, loop: LoopResult | None = None) -> P
             ax.plot(x, mean, marker="o", ms=3, color=COLORS.get(strategy), label=NAMES.get(strategy, strategy))
             ax.fill_between(x, lo, hi, color=COLORS.get(strategy), alpha=0.18, linewidth=0)
         if loop is not None and metric in ("accuracy", "macro_f1"):
-            xs = [v.labels_used for v in loop.versions]
+            xs = served_labels(loop)
             ys = [getattr(v, metric) for v in loop.versions]
-            ax.plot(xs, ys, marker="s", ls="--", color="#2ca02c", label="product loop (versions via the API)")
+            ax.plot(xs, ys, marker="s", ls="--", color="#2ca02c",
+                    label="product loop: served versions (seed ≥8 per label)")
         ax.set_xlabel("labelled texts")
         ax.set_ylabel(f"test {title}")
         ax.grid(alpha=0.3)
@@ -66,13 +67,35 @@ def table(exp: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
-def loop_table(loop: LoopResult) -> str:
-    lines = ["| round | served version | training labels | reviewed labels | test accuracy | test macro-F1 | job |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
+def served_labels(loop: LoopResult) -> list[int]:
+    """Training labels of the version actually served after each round (a rejected candidate changes nothing)."""
+    out: list[int] = []
     for v in loop.versions:
-        lines.append(f"| {v.round} | v{v.version} | {v.labels_used} | {v.reviewed_labels} | {v.accuracy:.3f} | "
-                     f"{v.macro_f1:.3f} | {v.job_status} |")
+        out.append(v.labels_used if v.job_status in ("seed", "promoted") or not out else out[-1])
+    return out
+
+
+def loop_table(loop: LoopResult) -> str:
+    lines = ["| round | served version | its training labels | reviewed labels so far | test accuracy | "
+             "test macro-F1 | retrain job |", "|---:|---:|---:|---:|---:|---:|---|"]
+    for v, n in zip(loop.versions, served_labels(loop), strict=True):
+        job = v.job_status if v.job_status in ("seed", "promoted") else f"{v.job_status}: {v.job_reason}"
+        lines.append(f"| {v.round} | v{v.version} | {n} | {v.reviewed_labels} | {v.accuracy:.3f} | "
+                     f"{v.macro_f1:.3f} | {job} |")
     return "\n".join(lines)
+
+
+def _big_share(exp: ExperimentResult) -> dict[str, float]:
+    """Per strategy, the share of queried texts from the two most frequent test labels."""
+    big = sorted(exp.test_counts, key=lambda k: -exp.test_counts[k])[:2]
+    out = {}
+    for strategy in exp.curves:
+        rounds = [r for a in exp.arms if a.strategy == strategy for r in a.rounds[1:]]
+        total = sum(sum(r.queried_labels.values()) for r in rounds)
+        hits = sum(r.queried_labels.get(b, 0) for r in rounds for b in big)
+        if total:
+            out[f"{strategy} ({' + '.join(big)})"] = hits / total
+    return out
 
 
 def reading(exp: ExperimentResult, loop: LoopResult | None) -> str:
@@ -88,6 +111,8 @@ def reading(exp: ExperimentResult, loop: LoopResult | None) -> str:
     wins = sum(arms[(s, "uncertainty")].rounds[-1].macro_f1 > arms[(s, "random")].rounds[-1].macro_f1
                for s in exp.config.seeds if (s, "uncertainty") in arms and (s, "random") in arms)
     minority = [lb for lb, n in exp.test_counts.items() if n < 0.05 * exp.test_size]
+    top2 = sorted(exp.test_counts, key=lambda k: -exp.test_counts[k])[:2]
+    top2_share = sum(exp.test_counts[k] for k in top2) / max(1, exp.test_size)
     out = [
         f"At {last_u.labels} labels uncertainty sampling reaches accuracy {_fmt(last_u, 'accuracy')} and macro-F1 "
         f"{_fmt(last_u, 'macro_f1')}; random sampling {_fmt(last_r, 'accuracy')} and {_fmt(last_r, 'macro_f1')} "
@@ -97,10 +122,16 @@ def reading(exp: ExperimentResult, loop: LoopResult | None) -> str:
         f"{max(gaps_acc):+.3f}, the macro-F1 gap from {min(gaps_f1):+.3f} to {max(gaps_f1):+.3f}; the seed-to-seed "
         f"spread of final accuracy is about {spread:.3f}.",
     ]
+    share = _big_share(exp)
+    if share:
+        out.append("Of the queried texts, the two largest topics make up "
+                   + "; ".join(f"{v:.0%} for {k}" for k, v in share.items())
+                   + " (their share of the pool is about the random figure).")
     if max(gaps_f1) > 2 * spread and gaps_f1[-1] > 0:
         out.append(
-            "Why: R8 is imbalanced (earn and acq are ~80% of the texts; " + ", ".join(minority or ["the small topics"])
-            + " are a few percent each). Random labels mostly repeat the big classes, so the small ones stay "
+            f"Why: the corpus is imbalanced ({' and '.join(top2)} are {top2_share:.0%} of the test texts; "
+            + ", ".join(minority or ["the small topics"]) + " are under 5% each). "
+            "Random labels mostly repeat the big classes, so the small ones stay "
             "under-learnt and macro-F1 lags. The smallest top-2 margin picks texts the model confuses between two "
             "topics — disproportionately the small ones and the boundary cases — so the same budget buys more "
             "information. Accuracy moves less than macro-F1 because the big classes dominate it.")
@@ -123,7 +154,16 @@ def reading(exp: ExperimentResult, loop: LoopResult | None) -> str:
             f"{first.accuracy:.3f} / macro-F1 {first.macro_f1:.3f}; after {len(loop.versions) - 1} review rounds "
             f"({last.reviewed_labels} labels answered by the simulated reviewer in Label Studio) the served "
             f"v{last.version} scores {last.accuracy:.3f} / {last.macro_f1:.3f}; {promoted} of "
-            f"{len(loop.versions) - 1} retrain jobs were blessed and promoted, the others recorded why not.")
+            f"{len(loop.versions) - 1} retrain jobs were blessed and promoted.")
+        for v in loop.versions[1:]:
+            if v.job_status != "promoted":
+                out.append(
+                    f"Round {v.round}'s job was {v.job_status.replace('_', ' ')} and the champion kept serving: "
+                    f"{v.job_reason.rstrip('.')}. The gate scores on the classifier's fixed evaluation set, which at "
+                    "demo scale "
+                    "holds only a handful of texts of the small topics, so one text changes a class's recall by "
+                    "10-20 points: the gate is doing its job (no promotion on evidence of a regression), and a "
+                    "larger evaluation set or a looser recall tolerance is the production remedy.")
     return "\n\n".join(out)
 
 
@@ -154,7 +194,9 @@ def markdown(exp: ExperimentResult, loop: LoopResult | None, plot_path: str, wal
             "Label Studio), the API under uvicorn, the review, reconcile and retrain workers; pool texts streamed to "
             "`/classify`, low-confidence ones routed through Kafka into Label Studio, answered by a simulated "
             "reviewer through the Label Studio API, collected into reviewed labels, retrained, blessed, promoted, "
-            "hot-swapped; each served version scored on the test set through the API.",
+            "hot-swapped. After each round the version `/classify` answers with is scored on the same held-out test "
+            "set with the product's `evaluate` (in-process on the registry's artifact: classifying the test set "
+            "through the API would route its doubtful texts to review and leak test labels into training).",
             "",
             loop_table(loop),
             "",
@@ -182,3 +224,22 @@ def write_results(out_dir: Path, exp: ExperimentResult, loop: LoopResult | None,
     section.write_text(markdown(exp, loop, f"{root_rel}/accuracy.png", wall_s)
                        .replace("`results.json`", f"`{root_rel}/results.json`"))
     return {"plot": png, "results": res, "markdown": md, "readme_section": section}
+
+
+def rebuild(out_dir: Path) -> dict[str, Path]:
+    """Re-render plot and text from an existing ``results.json`` (no training)."""
+    data = json.loads((out_dir / "results.json").read_text())
+    exp = ExperimentResult.model_validate(data["experiment"])
+    if not any(r.queried_labels for a in exp.arms for r in a.rounds[1:]):  # results from before that field
+        from retrain.corpora import load_corpus
+        from retrain.demo.experiment import split_corpus
+
+        c = exp.config
+        pool, _ = split_corpus(load_corpus(c.corpus, "train"), load_corpus(c.corpus, "test"), c.pool_size, c.test_size)
+        for a in exp.arms:
+            for r in a.rounds[1:]:
+                r.queried_labels = {}
+                for i in r.queried:
+                    r.queried_labels[pool[i].label] = r.queried_labels.get(pool[i].label, 0) + 1
+    loop = LoopResult.model_validate(data["loop"]) if data.get("loop") else None
+    return write_results(out_dir, exp, loop, float(data["wall_seconds"]))
