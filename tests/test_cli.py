@@ -61,3 +61,10 @@ def test_cli_errors_are_clear(sift_settings, tmp_path):
     broken.write_text("words,category\nx,y\n")
     res = sift("train", name, "--data", str(broken), check=False)
     assert res.returncode == 2 and "text" in res.stderr
+
+
+def test_demo_is_a_top_level_command():
+    helped = sift("demo", "--help")
+    assert "uncertainty vs random" in helped.stdout and "--part" in helped.stdout
+    wrong = sift("demo", "--part", "everything", check=False)
+    assert wrong.returncode == 2 and "part must be all, experiment or loop" in wrong.stderr
