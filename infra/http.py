@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, Header, HTTPException, Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from infra.objectstore import ObjectStore
 from infra.settings import Settings
@@ -33,35 +34,50 @@ class Services:
         return cls(settings, store, tenants, TenantCache(tenants, settings.config_cache_seconds))
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, one hop per request
     return request.app.state.services
 
 
-def tenant_for_key(
+async def tenant_for_key(
     name: str = Path(..., description="classifier name"),
     x_api_key: str | None = Header(default=None, description="the classifier's API key"),
     services: Services = Depends(get_services),
 ) -> ClassifierConfig:
-    """401 without a valid key, 403 for another tenant's key, 404 for an unknown classifier."""
+    """401 without a valid key, 403 for another tenant's key, 404 for an unknown classifier.
+
+    Resolved inline while the tenant cache is fresh; only a cache miss (an object-store read) goes
+    to a worker thread, so the hot path takes no thread hop.
+    """
+    if x_api_key and services.tenant_cache.is_fresh(name, x_api_key):
+        return resolve_tenant(services.tenant_cache, name, x_api_key)
+    return await run_in_threadpool(resolve_tenant, services.tenant_cache, name, x_api_key)
+
+
+def resolve_tenant(cache: TenantCache, name: str, x_api_key: str | None) -> ClassifierConfig:
     if not x_api_key:
         raise HTTPException(401, "missing API key: send it in the x-api-key header")
-    owner = services.tenant_cache.key_owner(x_api_key)
+    owner = cache.key_owner(x_api_key)
     if owner is None:
         raise HTTPException(401, "invalid API key")
     if owner != name:
-        if not NAME_RE.match(name) or services.tenant_cache.get(name) is None:
+        if not NAME_RE.match(name) or cache.get(name) is None:
             raise HTTPException(404, f"unknown classifier {name!r}")
         raise HTTPException(403, f"this API key is not allowed to use classifier {name!r}")
-    cfg = services.tenant_cache.get(name)
+    cfg = cache.get(name)
     if cfg is None:
         raise HTTPException(404, f"unknown classifier {name!r}")
     return cfg
 
 
-def require_admin(
+async def require_admin(
     x_admin_key: str | None = Header(default=None, description="the operator's admin key"),
     services: Services = Depends(get_services),
 ) -> None:
+    check_admin(services, x_admin_key)
+
+
+def check_admin(services: Services, x_admin_key: str | None) -> None:
     if not x_admin_key:
         raise HTTPException(401, "missing admin key: send it in the x-admin-key header")
     if not hmac.compare_digest(x_admin_key, services.settings.admin_key):

@@ -220,6 +220,12 @@ class TenantCache:
         self._owners[digest] = (now, owner)
         return owner
 
+    def is_fresh(self, name: str, key: str) -> bool:
+        """Both the key's owner and ``name``'s config are cached: resolving them needs no I/O."""
+        now = time.monotonic()
+        owner, cfg = self._owners.get(hash_key(key)), self._configs.get(name)
+        return bool(owner and cfg and now - owner[0] < self.ttl_s and now - cfg[0] < self.ttl_s)
+
     def invalidate(self, name: str | None = None) -> None:
         if name is None:
             self._configs.clear()

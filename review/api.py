@@ -17,7 +17,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, 
 from pydantic import BaseModel
 
 from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel
-from infra.http import Services, get_services, require_admin, tenant_for_key
+from infra.http import Services, check_admin, get_services, resolve_tenant
 from infra.tenants import NAME_RE, ClassifierConfig, NotFound
 from review.collector import Collector
 from review.labelstudio import WEBHOOK_ACTIONS, WEBHOOK_PATH, WEBHOOK_SECRET_HEADER
@@ -96,11 +96,11 @@ def classifier_reader(
 ) -> str:
     """The admin key, or the classifier's own API key."""
     if x_admin_key is not None:
-        require_admin(x_admin_key, services)
+        check_admin(services, x_admin_key)
         if not NAME_RE.match(name) or services.tenant_cache.get(name) is None:
             raise HTTPException(404, f"unknown classifier {name!r}")
         return name
-    cfg: ClassifierConfig = tenant_for_key(name, x_api_key, services)
+    cfg: ClassifierConfig = resolve_tenant(services.tenant_cache, name, x_api_key)
     return cfg.name
 
 
