@@ -20,6 +20,7 @@ import numpy as np
 
 from classifier import metrics
 from classifier.batcher import MicroBatcher
+from classifier.onnx_export import OnnxExportError, export_onnx
 from classifier.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class ModelSlot:
         self.loaded_at = time.time()
         metrics.MODEL_VERSION.labels(self.classifier).set(float(model.version) if model.version.isdigit() else -1)
         metrics.SWAPS.labels(self.classifier).inc()
+        for backend in metrics.BACKENDS:
+            metrics.BACKEND.labels(self.classifier, backend).set(1 if backend == model.backend else 0)
 
 
 def quantize_int8(module: Any) -> Any:
@@ -100,6 +103,7 @@ class ServingEngine:
         max_wait_s: float = 0.002,
         torch_threads: int = 0,
         quantize: str = "none",
+        runtime: str = "torch",
     ) -> None:
         self.resolve_champion = resolve_champion
         self.max_batch = max_batch
@@ -109,6 +113,7 @@ class ServingEngine:
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self.torch_threads = torch_threads
         self.quantize = quantize
+        self.runtime = runtime
         self.slots: dict[str, ModelSlot] = {}
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -133,9 +138,17 @@ class ServingEngine:
 
             torch.set_num_threads(self.torch_threads)
         model = LoadedModel.load(model_dir, version=version)
-        if self.quantize == "int8" and model.device.type == "cpu":
+        if model.device.type == "cpu" and self.runtime == "onnx":
+            try:
+                model.onnx = export_onnx(model.model, model.tokenizer, quantize=self.quantize == "int8",
+                                         threads=self.torch_threads)
+            except OnnxExportError as exc:
+                log.warning("classifier %s v%s: serving with torch instead of ONNX Runtime: %s",
+                            classifier, version, exc)
+        if model.onnx is None and self.quantize == "int8" and model.device.type == "cpu":
             model.model = quantize_int8(model.model)
         model.warm_up()
+        log.info("classifier %s v%s loaded (%s)", classifier, version, model.backend)
         return model
 
     def swap_in(self, classifier: str, model: LoadedModel) -> None:

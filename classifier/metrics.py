@@ -20,5 +20,7 @@ INFERENCE = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
 )
 MODEL_VERSION = Gauge("sift_model_version", "registry version in service", ["classifier"])
+BACKENDS = ("onnx-int8", "onnx", "torch-int8", "torch")
+BACKEND = Gauge("sift_model_backend", "what runs the forward pass (1 = in service)", ["classifier", "backend"])
 SWAPS = Counter("sift_model_swaps_total", "models swapped in", ["classifier"])
 LOW_CONFIDENCE = Counter("sift_low_confidence_total", "predictions routed to review", ["classifier"])

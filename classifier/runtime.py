@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,16 @@ class LoadedModel:
         self.batch_size = batch_size
         self._lock = threading.Lock()  # fast tokenizers raise "Already borrowed" under concurrent use
         self.device = next(model.parameters()).device
+        # set by the serving engine when ONNX Runtime serves this model (classifier/onnx_export.py)
+        self.onnx: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+
+    @property
+    def backend(self) -> str:
+        """What computes the forward pass: for /metrics and logs."""
+        if self.onnx is not None:
+            return "onnx-int8" if getattr(self.onnx, "quantized", False) else "onnx"
+        quantized = any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in self.model.modules())
+        return "torch-int8" if quantized else "torch"
 
     @classmethod
     def load(cls, model_dir: str | Path, version: str = "local", *, num_threads: int | None = None,
@@ -119,8 +130,11 @@ class LoadedModel:
             enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
             ids = enc["input_ids"]
             for chunk in length_chunks([len(x) for x in ids], self.batch_size):
-                batch = self.tokenizer.pad({k: [enc[k][i] for i in chunk] for k in enc}, return_tensors="pt")
-                logits = self.model(**batch.to(self.device)).logits
+                rows = {k: [enc[k][i] for i in chunk] for k in enc}
+                if self.onnx is not None:
+                    logits = torch.from_numpy(self.onnx(self.tokenizer.pad(rows, return_tensors="np")))
+                else:
+                    logits = self.model(**self.tokenizer.pad(rows, return_tensors="pt").to(self.device)).logits
                 out[chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0)  # 0: leave torch's default
     # dynamic int8 quantisation of the Linear layers when serving on CPU (~1.8x faster forward)
     quantize: Literal["none", "int8"] = "int8"
+    # what runs the forward pass on CPU: ONNX Runtime (exported at load, ~1.5x faster here) or torch
+    serving_runtime: Literal["onnx", "torch"] = "onnx"
     config_cache_seconds: float = 2.0
     # hot swap: model-events for promptness, polling the registry alias as the safety net
     model_watch: bool = True

@@ -56,6 +56,7 @@ def build_services(settings: Settings, **extras: Any) -> Services:
             max_wait_s=settings.batch_max_wait_ms / 1000,
             torch_threads=settings.torch_threads,
             quantize=settings.quantize,
+            runtime=settings.serving_runtime,
         )
     services.extras.setdefault("predictions", PredictionStore(services.store))
     if "publisher" not in services.extras:

@@ -1,0 +1,89 @@
+"""ONNX Runtime serving (the default on CPU) on a real fine-tuned model: same answers as torch, a guard
+against a bad export, a fallback to torch, and a version exported while requests flow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+
+from classifier import engine as engine_module
+from classifier.engine import ServingEngine
+from classifier.onnx_export import OnnxExportError, export_onnx
+from classifier.runtime import LoadedModel
+
+
+@pytest.mark.parametrize(("quantize", "backend"), [("int8", "onnx-int8"), ("none", "onnx")])
+def test_onnx_backend_agrees_with_torch(tiny_model_dir, tiny_examples, quantize, backend):
+    engine = ServingEngine(lambda name: None, runtime="onnx", quantize=quantize)
+    served = engine.load_model("c", "1", str(tiny_model_dir))
+    assert served.backend == backend and served.onnx is not None
+    reference = LoadedModel.load(str(tiny_model_dir))
+    assert reference.backend == "torch"
+
+    labels, texts = list(tiny_examples), list(tiny_examples.values())
+    texts += ["short", "a much longer text about the weather " * 6]  # different lengths: several chunks
+    got, want = served.predict_proba(texts), reference.predict_proba(texts)
+    assert got.shape == want.shape and np.allclose(got.sum(axis=1), 1.0, atol=1e-4)
+    assert float(np.abs(got - want).max()) < 0.05
+    assert [label for label, _ in served.predict(texts[: len(labels)])] == labels
+
+
+def test_an_export_that_disagrees_with_torch_is_refused(tiny_model_dir):
+    model = LoadedModel.load(str(tiny_model_dir))
+    with pytest.raises(OnnxExportError, match="differ from torch's"):
+        export_onnx(model.model, model.tokenizer, quantize=True, max_abs_diff=-1.0)
+
+
+def test_a_failed_export_serves_with_torch(tiny_model_dir, tiny_examples, monkeypatch, caplog):
+    def broken(*args, **kwargs):  # simulates an architecture the exporter cannot trace
+        raise OnnxExportError("ONNX export failed: unsupported operator")
+
+    monkeypatch.setattr(engine_module, "export_onnx", broken)
+    engine = ServingEngine(lambda name: None, runtime="onnx", quantize="int8")
+    with caplog.at_level(logging.WARNING, logger="classifier.engine"):
+        served = engine.load_model("c", "1", str(tiny_model_dir))
+    assert served.backend == "torch-int8" and served.onnx is None
+    assert "serving with torch instead of ONNX Runtime: ONNX export failed" in caplog.text
+    assert served.predict([tiny_examples["sports"]])[0][0] == "sports"
+
+
+def test_new_version_exported_while_requests_flow(tiny_model_dir):
+    """The registry's champion moves to v2 while clients classify: the export runs beside serving."""
+    champion = {"version": "1"}
+    engine = ServingEngine(lambda name: (champion["version"], str(tiny_model_dir)), runtime="onnx",
+                           quantize="int8", max_batch=16, max_wait_s=0.001)
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    async def client(i: int, stop: asyncio.Event) -> None:
+        j, after = 0, 0
+        while after < 5:  # until 5 requests after the swap
+            after += stop.is_set()
+            try:
+                out = await engine.classify("c", [f"rain and wind expected tomorrow {i} {j}"])
+                seen.append(out[0].model_version)
+            except BaseException as exc:  # noqa: BLE001 - any failure fails the test
+                errors.append(exc)
+            j += 1
+
+    async def run() -> None:
+        await engine.ensure_loaded("c")
+        stop = asyncio.Event()
+        clients = [asyncio.create_task(client(i, stop)) for i in range(6)]
+        await asyncio.sleep(0.2)
+        champion["version"] = "2"
+        version = await asyncio.get_running_loop().run_in_executor(engine.loader, engine.refresh, "c")
+        assert version == "2"
+        stop.set()
+        await asyncio.gather(*clients)
+        await engine.aclose()
+
+    asyncio.run(run())
+    assert not errors
+    assert seen[0] == "1" and seen[-1] == "2"
+    first_new = seen.index("2")
+    assert set(seen[first_new:]) == {"2"}
+    assert engine.slot("c").model.backend == "onnx-int8"
