@@ -33,6 +33,12 @@ from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402
 from infra.local.stack import settings_env  # noqa: E402
 from infra.settings import Settings, default_base_model  # noqa: E402
 
+# Sift's serving variants: name -> (column title, environment)
+VARIANTS = {
+    "sift_fp32": ("Sift torch fp32 (batching only)", {"SIFT_SERVING_RUNTIME": "torch", "SIFT_QUANTIZE": "none"}),
+    "sift_torch_int8": ("Sift torch int8", {"SIFT_SERVING_RUNTIME": "torch", "SIFT_QUANTIZE": "int8"}),
+    "sift": ("Sift default (ONNX Runtime int8)", {"SIFT_SERVING_RUNTIME": "onnx", "SIFT_QUANTIZE": "int8"}),
+}
 LABELS = ["acq", "crude", "earn", "grain", "interest", "money-fx", "ship", "trade"]
 
 
@@ -105,7 +111,13 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "classify.json")
+    ap.add_argument("--variants", default=",".join(["baseline", *VARIANTS]),
+                    help="subset to run while investigating (the table needs all three)")
+    ap.add_argument("--rate", type=float, default=0, help="open-loop rate when the baseline is not run")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="record Sift's closed loop with py-spy into this folder (needs py-spy)")
     args = ap.parse_args()
+    variants = set(args.variants.split(","))
 
     work = Path(tempfile.mkdtemp(prefix="sift-bench-"))
     texts_file = work / "texts.json"
@@ -140,32 +152,60 @@ def main() -> None:
         reg = Registry(settings)
         reg.set_champion("bench", reg.register("bench", run.info.run_id).version)
 
-        # baseline alone
-        base = serve([sys.executable, str(ROOT / "bench" / "baseline_server.py"), "--model", str(model_dir),
-                      "--port", str(base_port)], base_port, {}, work / "baseline.log")
-        base_url = f"http://127.0.0.1:{base_port}/classify"
+        rate = args.rate
+        if "baseline" in variants:
+            rate = run_baseline(model_dir, base_port, texts_file, work, args, results)
+        sift_url = f"http://127.0.0.1:{sift_port}/v1/classifiers/bench/classify"
+        for variant, (_, overrides) in VARIANTS.items():
+            if variant not in variants:
+                continue
+            sift = serve([sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host",
+                          "127.0.0.1", "--port", str(sift_port), "--no-access-log", "--log-level", "warning"],
+                         sift_port, {**env, **overrides}, work / f"{variant}.log",
+                         ready_path="/readyz")
+            run_load(sift_url, key, texts_file, concurrency=4, duration=3)
+            spy = None
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                py_spy = str(Path(sys.executable).parent / "py-spy")
+                spy = subprocess.Popen([py_spy, "record", "--pid", str(sift.pid), "--threads", "--format", "raw",
+                                        "--output", str(args.profile / f"{variant}.txt"),
+                                        "--duration", str(int(args.duration))])
+            results[f"{variant}_closed"] = run_load(sift_url, key, texts_file, concurrency=args.concurrency,
+                                                    duration=args.duration)
+            if spy:
+                spy.wait(60)
+            if rate:
+                results[f"{variant}_open"] = run_load(sift_url, key, texts_file, rate=rate,
+                                                      duration=args.duration)
+            stop(sift)
+    finally:
+        mlf.stop()
+        s3.stop()
+    if variants != {"baseline", *VARIANTS}:
+        print(json.dumps(results, indent=2))
+        return
+    print_table(args, results, rate)
+
+
+def run_baseline(model_dir: Path, base_port: int, texts_file: Path, work: Path, args: argparse.Namespace,
+                 results: dict[str, dict]) -> float:
+    """The baseline alone; returns the open-loop rate (80% of its closed-loop throughput)."""
+    base = serve([sys.executable, str(ROOT / "bench" / "baseline_server.py"), "--model", str(model_dir),
+                  "--port", str(base_port)], base_port, {}, work / "baseline.log")
+    base_url = f"http://127.0.0.1:{base_port}/classify"
+    try:
         run_load(base_url, "", texts_file, concurrency=4, duration=3)  # warm-up
         results["baseline_closed"] = run_load(base_url, "", texts_file, concurrency=args.concurrency,
                                               duration=args.duration)
         rate = max(1.0, 0.8 * results["baseline_closed"]["texts_per_s"])
         results["baseline_open"] = run_load(base_url, "", texts_file, rate=rate, duration=args.duration)
-        stop(base)
-
-        sift_url = f"http://127.0.0.1:{sift_port}/v1/classifiers/bench/classify"
-        for variant, quantize in (("sift_fp32", "none"), ("sift", "int8")):
-            sift = serve([sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host",
-                          "127.0.0.1", "--port", str(sift_port), "--no-access-log", "--log-level", "warning"],
-                         sift_port, {**env, "SIFT_QUANTIZE": quantize}, work / f"{variant}.log",
-                         ready_path="/readyz")
-            run_load(sift_url, key, texts_file, concurrency=4, duration=3)
-            results[f"{variant}_closed"] = run_load(sift_url, key, texts_file, concurrency=args.concurrency,
-                                                    duration=args.duration)
-            results[f"{variant}_open"] = run_load(sift_url, key, texts_file, rate=rate, duration=args.duration)
-            stop(sift)
     finally:
-        mlf.stop()
-        s3.stop()
+        stop(base)
+    return rate
 
+
+def print_table(args: argparse.Namespace, results: dict[str, dict], rate: float) -> None:
     rows = [("closed loop", "texts/s", "closed", "texts_per_s", True),
             ("closed loop", "p50 ms", "closed", "p50_ms", False),
             ("closed loop", "p99 ms", "closed", "p99_ms", False),
@@ -175,22 +215,23 @@ def main() -> None:
         f"classify benchmark: {args.concurrency} concurrent clients, {args.duration:.0f} s per phase, "
         f"open loop at {rate:.1f} req/s (80% of the baseline's capacity); ratio = better/worse vs baseline",
         "",
-        "| phase | metric | baseline: pipeline per request | Sift fp32 (batching) | ratio "
-        "| Sift int8 (default) | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| phase | metric | baseline: pipeline per request | "
+        + " | ".join(f"{title} | ratio" for title, _ in VARIANTS.values()) + " |",
+        "|---|---|---|" + "---|---|" * len(VARIANTS),
     ]
     for phase, metric, kind, field, higher_better in rows:
         b = results[f"baseline_{kind}"][field]
         cells = []
-        for variant in ("sift_fp32", "sift"):
+        for variant in VARIANTS:
             v = results[f"{variant}_{kind}"][field]
             ratio = v / b if higher_better else b / v
             cells += [f"{v:.1f}", f"{ratio:.2f}x"]
         lines.append(f"| {phase} | {metric} | {b:.1f} | " + " | ".join(cells) + " |")
-    errors = {k: v["errors"] for k, v in results.items()}
-    lines.append(f"| all | errors | {errors['baseline_closed'] + errors['baseline_open']} | "
-                 f"{errors['sift_fp32_closed'] + errors['sift_fp32_open']} | | "
-                 f"{errors['sift_closed'] + errors['sift_open']} | |")
+
+    def errors(variant: str) -> int:
+        return results[f"{variant}_closed"]["errors"] + results[f"{variant}_open"]["errors"]
+
+    lines.append(f"| all | errors | {errors('baseline')} | " + " | ".join(f"{errors(v)} | " for v in VARIANTS) + "|")
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "rate": rate, "table": lines}, indent=2))
