@@ -79,15 +79,18 @@ class ModelSlot:
 
 
 def quantize_int8(module: Any) -> Any:
-    """Dynamic int8 quantisation of Linear layers: the forward pass of a BERT-style encoder on CPU
-    is mostly matrix products, which this makes ~1.8x faster for a ~1e-3 change in probabilities."""
+    """Dynamic int8 quantisation of Linear layers, per output channel: per-tensor scales moved a
+    fine-tuned MiniLM's probabilities by up to 0.94 (3% of labels flipped on 200 Reuters texts),
+    per-channel by 0.37 (0.5% flipped), at the same speed. Used when ONNX Runtime does not serve."""
     import warnings
 
     import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the eager-mode API is deprecated in favour of torchao
-        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(
+            module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 ChampionResolver = Callable[[str], tuple[str, str] | None]

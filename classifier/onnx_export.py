@@ -5,7 +5,7 @@ dynamic int8 quantisation (and its fp32 ~1.6x faster than torch fp32), mostly be
 use both cores where torch's quantised Linear does not. The export happens when a replica loads a
 version (a few seconds, before the swap), so the registry keeps one artifact format: HF weights.
 Before an exported model serves, its probabilities are checked against torch's on a few texts; a
-model that disagrees (or fails to export) is served by torch instead, never wrong.
+model that disagrees beyond quantisation noise (or fails to export) is served by torch instead.
 """
 
 from __future__ import annotations
@@ -47,8 +47,14 @@ class OnnxLogits:
 
 
 def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
-                max_abs_diff: float = 0.05) -> OnnxLogits:
-    """Export ``model`` (an HF sequence classifier on CPU) to an ONNX Runtime session."""
+                max_int8_diff: float = 0.25) -> OnnxLogits:
+    """Export ``model`` (an HF sequence classifier on CPU) to an ONNX Runtime session.
+
+    Two checks against torch on ``CHECK_TEXTS``: the fp32 graph must match to 1e-3 (a broken export
+    is refused outright); the int8 one within ``max_int8_diff`` of a probability, a bound on
+    quantisation noise (per-channel weights: measured <= 0.14 on 200 Reuters texts with a fine-tuned
+    MiniLM, 99.5% identical labels; per-tensor, like torch's dynamic int8, reached 0.7-0.9).
+    """
     try:
         import onnxruntime as ort
     except ImportError as exc:  # an optional speed-up: torch still serves
@@ -58,6 +64,11 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
     accepted = inspect.signature(model.forward).parameters
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample and k in accepted]
     wrapper = _LogitsOnly(model, names).eval()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # no busy-waiting between ops: the event loop and tokenizer need the same few cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory(prefix="sift-onnx-") as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         try:
@@ -68,26 +79,26 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
                     output_names=["logits"], opset_version=17, dynamo=False,
                     dynamic_axes={**{k: {0: "batch", 1: "tokens"} for k in names}, "logits": {0: "batch"}},
                 )
-            path = fp32
-            if quantize:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                logging.disable(logging.WARNING)  # the quantiser logs a line per tensor and advice on the root logger
-                try:
-                    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-                finally:
-                    logging.disable(logging.NOTSET)
-                path = int8
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            # no busy-waiting between ops: the event loop and tokenizer need the same few cores
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            logits = OnnxLogits(ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"]),
+                                names, quantized=False)
         except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure means "serve with torch"
             raise OnnxExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
-    logits = OnnxLogits(session, names, quantize)
-    _check_agreement(model, tokenizer, logits, max_abs_diff)
+        _check_agreement(model, tokenizer, logits, 1e-3)
+        if not quantize:
+            return logits
+        try:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            logging.disable(logging.WARNING)  # the quantiser logs a line per tensor and advice on the root logger
+            try:
+                quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                logging.disable(logging.NOTSET)
+            logits = OnnxLogits(ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"]),
+                                names, quantized=True)
+        except Exception as exc:  # noqa: BLE001
+            raise OnnxExportError(f"ONNX int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
+    _check_agreement(model, tokenizer, logits, max_int8_diff)
     return logits
 
 
@@ -98,7 +109,9 @@ def _check_agreement(model: Any, tokenizer: Any, logits: OnnxLogits, max_abs_dif
     got = torch.softmax(torch.from_numpy(logits(enc)), -1)
     diff = float((expected - got).abs().max())
     if diff > max_abs_diff:
-        raise OnnxExportError(f"the exported model's probabilities differ from torch's by {diff:.3f}")
+        kind = "int8" if logits.quantized else "fp32"
+        raise OnnxExportError(f"the exported {kind} model's probabilities differ from torch's by {diff:.3f} "
+                              f"(allowed {max_abs_diff})")
 
 
 class _LogitsOnly(torch.nn.Module):

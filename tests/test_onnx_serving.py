@@ -33,8 +33,8 @@ def test_onnx_backend_agrees_with_torch(tiny_model_dir, tiny_examples, quantize,
 
 def test_an_export_that_disagrees_with_torch_is_refused(tiny_model_dir):
     model = LoadedModel.load(str(tiny_model_dir))
-    with pytest.raises(OnnxExportError, match="differ from torch's"):
-        export_onnx(model.model, model.tokenizer, quantize=True, max_abs_diff=-1.0)
+    with pytest.raises(OnnxExportError, match="int8 model's probabilities differ from torch's"):
+        export_onnx(model.model, model.tokenizer, quantize=True, max_int8_diff=-1.0)
 
 
 def test_a_failed_export_serves_with_torch(tiny_model_dir, tiny_examples, monkeypatch, caplog):
