@@ -141,15 +141,16 @@ class ServingEngine:
 
             torch.set_num_threads(self.torch_threads)
         model = LoadedModel.load(model_dir, version=version)
-        if model.device.type == "cpu" and self.runtime == "onnx":
-            try:
-                model.onnx = export_onnx(model.model, model.tokenizer, quantize=self.quantize == "int8",
-                                         threads=self.torch_threads)
-            except OnnxExportError as exc:
-                log.warning("classifier %s v%s: serving with torch instead of ONNX Runtime: %s",
-                            classifier, version, exc)
-        if model.onnx is None and self.quantize == "int8" and model.device.type == "cpu":
-            model.model = quantize_int8(model.model)
+        if model.device.type == "cpu":
+            if self.runtime == "onnx":
+                try:
+                    model.onnx = export_onnx(model.model, model.tokenizer, quantize=self.quantize == "int8",
+                                             threads=self.torch_threads)
+                except OnnxExportError as exc:
+                    log.warning("classifier %s v%s: serving with torch instead of ONNX Runtime: %s",
+                                classifier, version, exc)
+            if model.onnx is None and self.quantize == "int8":
+                model.model = quantize_int8(model.model)
         model.warm_up()
         log.info("classifier %s v%s loaded (%s)", classifier, version, model.backend)
         return model

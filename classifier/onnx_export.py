@@ -20,8 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
-
 CHECK_TEXTS = [
     "warm up",
     "oil prices rose sharply after the cartel agreed to cut output",
@@ -83,7 +81,8 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
                                 names, quantized=False)
         except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure means "serve with torch"
             raise OnnxExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
-        _check_agreement(model, tokenizer, logits, 1e-3)
+        expected = _torch_probabilities(model, tokenizer, names)
+        _check_agreement(expected, tokenizer, logits, 1e-3)
         if not quantize:
             return logits
         try:
@@ -98,15 +97,23 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
                                 names, quantized=True)
         except Exception as exc:  # noqa: BLE001
             raise OnnxExportError(f"ONNX int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
-    _check_agreement(model, tokenizer, logits, max_int8_diff)
+    _check_agreement(expected, tokenizer, logits, max_int8_diff)
     return logits
 
 
-def _check_agreement(model: Any, tokenizer: Any, logits: OnnxLogits, max_abs_diff: float) -> None:
-    enc = tokenizer(CHECK_TEXTS, padding=True, truncation=True, max_length=128, return_tensors="np")
+def _check_batch(tokenizer: Any) -> Any:
+    return tokenizer(CHECK_TEXTS, padding=True, truncation=True, max_length=128, return_tensors="np")
+
+
+def _torch_probabilities(model: Any, tokenizer: Any, names: list[str]) -> torch.Tensor:
+    """The reference both checks compare against, computed once."""
+    enc = _check_batch(tokenizer)
     with torch.inference_mode():
-        expected = torch.softmax(model(**{k: torch.from_numpy(enc[k]) for k in logits.input_names}).logits, -1)
-    got = torch.softmax(torch.from_numpy(logits(enc)), -1)
+        return torch.softmax(model(**{k: torch.from_numpy(enc[k]) for k in names}).logits, -1)
+
+
+def _check_agreement(expected: torch.Tensor, tokenizer: Any, logits: OnnxLogits, max_abs_diff: float) -> None:
+    got = torch.softmax(torch.from_numpy(logits(_check_batch(tokenizer))), -1)
     diff = float((expected - got).abs().max())
     if diff > max_abs_diff:
         kind = "int8" if logits.quantized else "fp32"
