@@ -60,11 +60,15 @@ def resolve_tenant(cache: TenantCache, name: str, x_api_key: str | None) -> Clas
     owner = cache.key_owner(x_api_key)
     if owner is None:
         raise HTTPException(401, "invalid API key")
+    cfg = require_classifier(cache, name)
     if owner != name:
-        if not NAME_RE.match(name) or cache.get(name) is None:
-            raise HTTPException(404, f"unknown classifier {name!r}")
         raise HTTPException(403, f"this API key is not allowed to use classifier {name!r}")
-    cfg = cache.get(name)
+    return cfg
+
+
+def require_classifier(cache: TenantCache, name: str) -> ClassifierConfig:
+    """404 for a malformed or unknown classifier name."""
+    cfg = cache.get(name) if NAME_RE.match(name) else None
     if cfg is None:
         raise HTTPException(404, f"unknown classifier {name!r}")
     return cfg

@@ -17,8 +17,8 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, 
 from pydantic import BaseModel
 
 from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel
-from infra.http import Services, check_admin, get_services, resolve_tenant
-from infra.tenants import NAME_RE, ClassifierConfig, NotFound
+from infra.http import Services, check_admin, get_services, require_classifier, resolve_tenant
+from infra.tenants import NotFound
 from review.collector import Collector
 from review.labelstudio import WEBHOOK_ACTIONS, WEBHOOK_PATH, WEBHOOK_SECRET_HEADER
 from review.status import ReviewStatus, review_status
@@ -97,11 +97,8 @@ def classifier_reader(
     """The admin key, or the classifier's own API key."""
     if x_admin_key is not None:
         check_admin(services, x_admin_key)
-        if not NAME_RE.match(name) or services.tenant_cache.get(name) is None:
-            raise HTTPException(404, f"unknown classifier {name!r}")
-        return name
-    cfg: ClassifierConfig = resolve_tenant(services.tenant_cache, name, x_api_key)
-    return cfg.name
+        return require_classifier(services.tenant_cache, name).name
+    return resolve_tenant(services.tenant_cache, name, x_api_key).name
 
 
 @router.get("/v1/classifiers/{name}/review/status", response_model=ReviewStatus,
