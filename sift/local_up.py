@@ -54,6 +54,11 @@ def _ensure_demo(settings: Settings, train_rows: int) -> str | None:
 
 def up(settings: Settings, *, with_label_studio: bool, demo: bool, train_rows: int, detach: bool) -> None:
     stack = LocalStack(settings, die_with_parent=not detach)
+    supervisor = stack.running_supervisor()
+    if supervisor is not None:
+        typer.secho(f"`sift up` (pid {supervisor}) is already running this stack; stop it with `sift down` first",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     typer.echo("starting S3 (SeaweedFS), Kafka (Tansu), MLflow" + (", Label Studio" if with_label_studio else ""))
     stack.start(with_label_studio=with_label_studio)
     from infra.bus import Bus

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from infra.local.procs import free_port, pid_alive, port_open
+from infra.local.procs import free_port, pid_alive, port_open, wait_until
 from infra.local.seaweed import s3_client
 from infra.local.stack import LocalStack
 from infra.objectstore import ObjectStore
@@ -251,3 +251,58 @@ def test_sift_settings_include_label_studio_when_requested(sift_settings: Settin
     assert sift_settings.label_studio_url == label_studio.url
     assert sift_settings.label_studio_token == label_studio.token
     assert os.environ["SIFT_LABEL_STUDIO_URL"] == label_studio.url
+
+
+def _stack_settings(tmp_path: Path) -> Settings:
+    """Settings for a stack whose services are never started: only supervised commands run."""
+    return Settings(
+        data_dir=tmp_path / "stack", s3_endpoint=f"http://127.0.0.1:{free_port()}",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}", mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
+        label_studio_url=f"http://127.0.0.1:{free_port()}", bucket="sift-stack",
+    )
+
+
+def test_down_stops_every_process_of_two_detached_ups(tmp_path: Path) -> None:
+    """A second `sift up --detach` replaces the first one's processes; `sift down` then leaves nothing running."""
+    settings = _stack_settings(tmp_path)
+    first, second = free_port(), free_port()
+    LocalStack(settings, die_with_parent=True).spawn(
+        "api", [sys.executable, "-m", "http.server", str(first), "--bind", "127.0.0.1"], ready_port=first)
+    first_pid = LocalStack(settings).status()["api"]["pid"]
+    LocalStack(settings, die_with_parent=True).spawn(
+        "api", [sys.executable, "-m", "http.server", str(second), "--bind", "127.0.0.1"], ready_port=second)
+    assert not pid_alive(first_pid), "the first run's API was orphaned by the second `sift up`"
+
+    LocalStack(settings).stop()
+    assert not port_open(first) and not port_open(second)
+    assert not any(row.get("running") for row in LocalStack(settings).status().values())
+
+
+def test_down_stops_a_supervising_up_in_another_process(tmp_path: Path) -> None:
+    """`sift down` stops the supervisor first, so it cannot restart what `sift down` stopped."""
+    settings = _stack_settings(tmp_path)
+    port = free_port()
+    script = (
+        "import sys\n"
+        "from infra.local.stack import LocalStack\n"
+        "from infra.settings import Settings\n"
+        f"stack = LocalStack(Settings(data_dir={str(settings.data_dir)!r}), die_with_parent=True)\n"
+        f"stack.spawn('api', [sys.executable, '-m', 'http.server', '{port}', '--bind', '127.0.0.1'],\n"
+        f"            ready_port={port})\n"
+        "stack.supervise(poll_s=0.2)\n"
+    )
+    supervisor = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                                  start_new_session=True)
+    try:
+        assert wait_until(lambda: LocalStack(settings).running_supervisor() == supervisor.pid, timeout=60)
+        assert wait_until(lambda: port_open(port), timeout=60)
+        api_pid = LocalStack(settings).status()["api"]["pid"]
+
+        LocalStack(settings).stop()
+        assert supervisor.wait(timeout=60) == 0
+        assert not pid_alive(api_pid) and not port_open(port)
+        # the supervisor is gone, so nothing can restart the API any more: the state is final
+        assert not any(row.get("running") for row in LocalStack(settings).status().values())
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from infra.settings import Settings, get_settings
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 SERVICE_ORDER = ("s3", "kafka", "mlflow", "label-studio")
+SUPERVISOR = "supervisor"
 LOG_NAMES = {"s3": "seaweedfs", "kafka": "tansu", "mlflow": "mlflow", "label-studio": "label-studio"}
 
 
@@ -133,9 +135,12 @@ class LocalStack:
 
     def _write_pid(self, name: str, proc: ManagedProcess, kind: str, **extra: Any) -> None:
         assert proc.pid is not None
+        self._write_record(name, proc.pid, kind, argv=proc.argv, log=str(proc.log_path), **extra)
+
+    def _write_record(self, name: str, pid: int, kind: str, **extra: Any) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"name": name, "kind": kind, "pid": proc.pid, "start_time": _proc_start_time(proc.pid),
-                  "argv": proc.argv, "log": str(proc.log_path), "started_at": time.time(), **extra}
+        record = {"name": name, "kind": kind, "pid": pid, "start_time": _proc_start_time(pid),
+                  "started_at": time.time(), **extra}
         tmp = self._pid_path(name).with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(self._pid_path(name))
@@ -216,8 +221,10 @@ class LocalStack:
         It is supervised: `supervise()` / `check()` restart it if it exits. With `ready_port`,
         wait until that loopback port accepts connections.
         """
-        if name in SERVICE_ORDER:
-            raise ValueError(f"{name!r} is a service name")
+        if name in SERVICE_ORDER or name == SUPERVISOR:
+            raise ValueError(f"{name!r} is a reserved name")
+        # a second `sift up --detach` replaces the first one's process instead of orphaning it
+        self._stop_one(name)
         full_env = {**settings_env(self.settings), **(env or {})}
         proc = ManagedProcess(
             name, argv, log_dir=self.log_dir, env=full_env, cwd=cwd, stop_grace=stop_grace,
@@ -256,12 +263,30 @@ class LocalStack:
             restarted.append(name)
         return restarted
 
+    def running_supervisor(self) -> int | None:
+        """Pid of a live `sift up` that supervises this stack from another process, if any."""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            record = json.loads(self._pid_path(SUPERVISOR).read_text())
+            pid = int(record["pid"])
+            if pid != os.getpid() and self._record_alive(record):
+                return pid
+        return None
+
     def supervise(self, poll_s: float = 2.0) -> None:
-        """Block, restarting crashed processes, until SIGINT/SIGTERM; then stop everything."""
+        """Block, restarting crashed processes, until SIGINT/SIGTERM; then stop everything.
+
+        The supervisor's pid is recorded so that `sift down` from another terminal stops it first;
+        otherwise it would restart what `sift down` stopped.
+        """
+        other = self.running_supervisor()
+        if other is not None:
+            raise ServiceError(f"`sift up` (pid {other}) already supervises this stack; run `sift down` first")
+
         def _handle(signum: int, _frame: Any) -> None:
             self._stopping.set()
 
         previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._write_record(SUPERVISOR, os.getpid(), "supervisor")
         try:
             while not self._stopping.wait(poll_s):
                 self.check()
@@ -269,6 +294,21 @@ class LocalStack:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop()
+            self._pid_path(SUPERVISOR).unlink(missing_ok=True)
+
+    def _stop_supervisor(self, timeout: float = 120.0) -> None:
+        """SIGTERM another process's supervisor and wait: it stops what it supervises itself."""
+        pid = self.running_supervisor()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # not its group: `make up` shares it
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _stop_one(self, name: str) -> None:
         path = self._pid_path(name)
@@ -284,6 +324,7 @@ class LocalStack:
     def stop(self) -> None:
         """Stop commands first, then services in reverse dependency order; works from any process."""
         self._stopping.set()
+        self._stop_supervisor()
         records = self._read_pids()
         commands = [r["name"] for r in reversed(records) if r.get("kind") == "command"]
         commands += [n for n in self.commands if n not in commands]
