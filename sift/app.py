@@ -20,6 +20,7 @@ from feedback.api import router as feedback_router
 from infra.http import Services
 from infra.predictions import PredictionStore
 from infra.settings import Settings, get_settings
+from ops.api import router as dead_letters_router
 from retrain.api import router as retrain_router
 from review.api import router as review_router
 from sift import admin
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, **extras: Any) -> FastAPI:
     app.include_router(feedback_router)
     app.include_router(review_router)
     app.include_router(admin.router)
+    app.include_router(dead_letters_router)
     app.include_router(retrain_router)
 
     @app.exception_handler(RequestValidationError)

@@ -17,12 +17,14 @@ app.add_typer(worker, name="worker")
 
 def _mount_stage_clis() -> None:
     from feedback.cli import app as feedback_cli
+    from ops.cli import app as ops_cli
     from retrain.cli import app as retrain_cli
     from retrain.demo.cli import demo
     from review.cli import app as review_cli
 
     app.add_typer(feedback_cli, name="feedback")
     app.add_typer(review_cli, name="review")
+    app.add_typer(ops_cli, name="dlq")
     app.add_typer(retrain_cli)  # no name: `sift retrain`, `sift rollback`, `sift models ...` at the top level
     app.command()(demo)
 

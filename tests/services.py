@@ -162,7 +162,7 @@ def label_studio(services_dir: Path) -> Iterator[LabelStudioService]:
         data_dir, port=free_port(), username=defaults.label_studio_username,
         password=defaults.label_studio_password, token=LS_TOKEN, log_dir=services_dir, die_with_parent=True,
     )
-    server.start(timeout=300)
+    server.start(timeout=float(os.environ.get("SIFT_TEST_LS_START_TIMEOUT", "300")))
     try:
         yield LabelStudioService(server.url, server.token, server.username, server.password, server)
     finally:

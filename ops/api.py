@@ -1,0 +1,62 @@
+"""Admin API for dead letters (``x-admin-key``), the same operations as ``sift dlq``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from infra.http import Services, get_services, require_admin
+from ops.deadletters import DeadLetterEntry, DeadLetterGroup, DeadLetters
+
+router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+class Selection(BaseModel):
+    ids: list[str] = []
+    all: bool = False
+    classifier: str | None = None
+
+
+class Done(BaseModel):
+    ids: list[str]
+
+
+def _select(dlq: DeadLetters, sel: Selection) -> list[DeadLetterEntry]:
+    if not sel.ids and not sel.all:
+        raise HTTPException(422, "name dead-letter ids or set all=true")
+    entries = dlq.entries(classifier=sel.classifier, include_closed=bool(sel.ids))
+    if sel.all:
+        return entries
+    by_id = {e.id: e for e in entries}
+    missing = [i for i in sel.ids if i not in by_id]
+    if missing:
+        raise HTTPException(404, f"no dead letter {', '.join(missing)}")
+    return [by_id[i] for i in sel.ids]
+
+
+@router.get("", response_model=list[DeadLetterGroup])
+async def list_dead_letters(classifier: str | None = None, closed: bool = False,
+                            services: Services = Depends(get_services)) -> list[DeadLetterGroup]:
+    dlq = DeadLetters(services.settings, services.store)
+    return await run_in_threadpool(dlq.groups, classifier=classifier, include_closed=closed)
+
+
+@router.get("/{entry_id}", response_model=DeadLetterEntry, responses={404: {"description": "no such dead letter"}})
+async def show_dead_letter(entry_id: str, services: Services = Depends(get_services)) -> DeadLetterEntry:
+    entry = await run_in_threadpool(DeadLetters(services.settings, services.store).get, entry_id)
+    if entry is None:
+        raise HTTPException(404, f"no dead letter {entry_id}")
+    return entry
+
+
+@router.post("/replay", response_model=Done, responses={404: {"description": "no such dead letter"}})
+async def replay_dead_letters(sel: Selection, services: Services = Depends(get_services)) -> Done:
+    dlq = DeadLetters(services.settings, services.store)
+    return Done(ids=await run_in_threadpool(lambda: dlq.replay(_select(dlq, sel))))
+
+
+@router.post("/purge", response_model=Done, responses={404: {"description": "no such dead letter"}})
+async def purge_dead_letters(sel: Selection, services: Services = Depends(get_services)) -> Done:
+    dlq = DeadLetters(services.settings, services.store)
+    return Done(ids=await run_in_threadpool(lambda: dlq.purge(_select(dlq, sel))))
