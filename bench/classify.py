@@ -46,24 +46,14 @@ LABELS = ["acq", "crude", "earn", "grain", "interest", "money-fx", "ship", "trad
 
 def make_model_dir(out: Path) -> Path:
     """The base encoder with a fresh 8-way head: serving cost is what is measured, not accuracy."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from model.format import init_model_dir
 
-    base = default_base_model()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={v: i for i, v in enumerate(LABELS)}
-    )
-    tok = AutoTokenizer.from_pretrained(base)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "sift_model.json").write_text(json.dumps(
-        {"labels": LABELS, "base_model": base, "max_length": 128, "classifier": "bench", "metrics": {},
-         "dataset_fingerprint": ""}))
-    return out
+    return init_model_dir(out, default_base_model(), LABELS, classifier="bench")
 
 
 def bench_texts(n: int = 500) -> list[str]:
     try:
-        from retrain.corpora import load_corpus
+        from demo.corpora import load_corpus
 
         return [r.text for r in load_corpus("reuters-r8", "test")[:n]]
     except Exception as exc:  # noqa: BLE001 - corpus unavailable offline: synthetic newswire-length texts

@@ -77,6 +77,7 @@ def main() -> int:
     settings, procs = start_services(tmp)
     for k, v in settings_env(settings).items():
         os.environ[k] = v
+    from demo.corpora import load_corpus
     from infra.bus import Bus
     from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel
     from infra.objectstore import ObjectStore
@@ -84,11 +85,10 @@ def main() -> int:
     from infra.settings import get_settings
     from infra.tenants import ClassifierConfig, RetrainPolicy, TenantStore
     from retrain.assemble import split_for_training
-    from retrain.corpora import load_corpus
     from retrain.dataio import stratified_sample
     from retrain.job import list_jobs
     from retrain.seed import store_seed
-    from retrain.tracking import train_and_register
+    from retrain.tracking import train_and_register, train_spec
     from retrain.worker import run_retrain_worker
 
     get_settings.cache_clear()
@@ -109,7 +109,8 @@ def main() -> int:
         seed_train, seed_eval = split_for_training(cfg.name, seed_rows, policy.eval_share)
         t = time.monotonic()
         seed = train_and_register(cfg, seed_train, registry=Registry(settings), eval_rows=seed_eval,
-                                  num_hidden_layers=args.layers, progress=False, run_name="seed")
+                                  spec=train_spec(cfg, num_hidden_layers=args.layers), progress=False,
+                                  run_name="seed")
         print(f"setup: seed model v{seed.version} on {len(seed_train)} texts in {time.monotonic() - t:.0f}s, "
               f"macro-F1 {seed.metrics.get('macro_f1', float('nan')):.3f}", flush=True)
 

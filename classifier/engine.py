@@ -10,18 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from classifier import metrics
 from classifier.batcher import MicroBatcher
-from classifier.onnx_export import OnnxExportError, export_onnx
-from classifier.runtime import LoadedModel
+from model.runtime import LoadedModel, Quantize, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +39,6 @@ class ModelSlot:
     def __init__(self, classifier: str, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float) -> None:
         self.classifier = classifier
         self.model: LoadedModel | None = None
-        self.loaded_at = 0.0
         self.batcher: MicroBatcher[str, Scored] = MicroBatcher(
             self._run, executor, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=self._observe
         )
@@ -71,26 +67,10 @@ class ModelSlot:
 
     def swap(self, model: LoadedModel) -> None:
         self.model = model  # a single reference assignment: atomic under the GIL
-        self.loaded_at = time.time()
         metrics.MODEL_VERSION.labels(self.classifier).set(float(model.version) if model.version.isdigit() else -1)
         metrics.SWAPS.labels(self.classifier).inc()
         for backend in metrics.BACKENDS:
             metrics.BACKEND.labels(self.classifier, backend).set(1 if backend == model.backend else 0)
-
-
-def quantize_int8(module: Any) -> Any:
-    """Dynamic int8 quantisation of Linear layers, per output channel: per-tensor scales moved a
-    fine-tuned MiniLM's probabilities by up to 0.94 (3% of labels flipped on 200 Reuters texts),
-    per-channel by 0.37 (0.5% flipped), no slower. Used when ONNX Runtime does not serve."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the eager-mode API is deprecated in favour of torchao
-        return torch.ao.quantization.quantize_dynamic(
-            module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 ChampionResolver = Callable[[str], tuple[str, str] | None]
@@ -105,8 +85,8 @@ class ServingEngine:
         max_batch: int = 32,
         max_wait_s: float = 0.002,
         torch_threads: int = 0,
-        quantize: str = "none",
-        runtime: str = "torch",
+        quantize: Quantize = "none",
+        runtime: Runtime = "torch",
     ) -> None:
         self.resolve_champion = resolve_champion
         self.max_batch = max_batch
@@ -135,22 +115,9 @@ class ServingEngine:
         return s.model.version if s and s.model else None
 
     def load_model(self, classifier: str, version: str, model_dir: str) -> LoadedModel:
-        """Load and warm a model (blocking; runs beside serving, not in its way)."""
-        if self.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.torch_threads)
-        model = LoadedModel.load(model_dir, version=version)
-        if model.device.type == "cpu":
-            if self.runtime == "onnx":
-                try:
-                    model.onnx = export_onnx(model.model, model.tokenizer, quantize=self.quantize == "int8",
-                                             threads=self.torch_threads)
-                except OnnxExportError as exc:
-                    log.warning("classifier %s v%s: serving with torch instead of ONNX Runtime: %s",
-                                classifier, version, exc)
-            if model.onnx is None and self.quantize == "int8":
-                model.model = quantize_int8(model.model)
+        """Load and warm a model on the configured backend (blocking; runs beside serving, not in its way)."""
+        model = LoadedModel.load(model_dir, version=version, runtime=self.runtime, quantize=self.quantize,
+                                 num_threads=self.torch_threads or None)
         model.warm_up()
         log.info("classifier %s v%s loaded (%s)", classifier, version, model.backend)
         return model

@@ -17,10 +17,9 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
+    from model import quiet_transformers
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -44,10 +43,10 @@ def demo(
 ) -> None:
     """Prove the loop learns: uncertainty vs random labels (several seeds), then the loop through the product."""
     _quiet()
-    from retrain.corpora import load_corpus
-    from retrain.demo.experiment import ExperimentConfig, run_experiment, split_corpus
-    from retrain.demo.loop import LoopConfig, run_loop
-    from retrain.demo.report import loop_table, reading, table, write_results
+    from demo.corpora import load_corpus
+    from demo.experiment import ExperimentConfig, run_experiment, split_corpus
+    from demo.loop import LoopConfig, run_loop
+    from demo.report import loop_table, reading, table, write_results
 
     if part not in ("all", "experiment", "loop"):
         raise typer.BadParameter("part must be all, experiment or loop")

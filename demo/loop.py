@@ -18,8 +18,8 @@ from outside, the way an app and a human would:
 5. the API swaps models (checked by what ``/classify`` answers), and the served version is scored on
    the held-out test set with the product's ``evaluate`` (see ``score_version`` for why not via the API).
 
-Stage boundaries are kept: this module (in ``retrain``) imports only ``infra`` and ``retrain``;
-it talks to the classifier, review and collector through HTTP, Kafka and Label Studio.
+It imports only ``infra``, ``model`` and ``retrain`` (the seed model, scoring, job records); it
+talks to the classifier, review and collector through HTTP, Kafka and Label Studio.
 """
 
 from __future__ import annotations
@@ -229,9 +229,9 @@ def score_version(settings: Settings, classifier: str, version: str, test: list[
     ``/classify``: classifying the test set through the API would route its doubtful texts into
     the review queue, and a reviewer answering them would leak test labels into training.
     """
-    from classifier.runtime import LoadedModel
     from infra.registry import ModelRef, Registry
-    from retrain.evaluate import evaluate
+    from model.evaluate import evaluate
+    from model.runtime import LoadedModel
 
     registry = Registry(settings)
     mv = registry.client.get_model_version(Registry.model_name(classifier), version)
@@ -263,7 +263,7 @@ def run_loop(cfg: LoopConfig, pool: list[LabeledText], test: list[LabeledText], 
     from retrain.assemble import read_reviewed, split_for_training
     from retrain.job import list_jobs
     from retrain.seed import store_seed
-    from retrain.tracking import train_and_register
+    from retrain.tracking import train_and_register, train_spec
 
     started = time.monotonic()
     settings = demo_settings(cfg)
@@ -296,8 +296,9 @@ def run_loop(cfg: LoopConfig, pool: list[LabeledText], test: list[LabeledText], 
         say(f"[loop] training the seed model on {len(train_part)} labels ({len(held)} held out for blessing)")
         reg = train_and_register(
             ccfg, train_part, registry=Registry(settings), eval_rows=held, run_name=f"seed-{name}",
-            num_hidden_layers=cfg.num_hidden_layers, max_length=cfg.max_length, epochs=cfg.seed_epochs,
-            learning_rate=cfg.learning_rate, seed=cfg.seed, progress=False)
+            spec=train_spec(ccfg, num_hidden_layers=cfg.num_hidden_layers, max_length=cfg.max_length,
+                            epochs=cfg.seed_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed),
+            progress=False)
         say(f"[loop] seed model v{reg.version} registered as champion in {reg.seconds:.0f} s")
 
         py = sys.executable

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retrain.demo.experiment import CurvePoint, ExperimentResult
-from retrain.demo.loop import LoopResult
+from demo.experiment import CurvePoint, ExperimentResult
+from demo.loop import LoopResult
 
 NAMES = {"uncertainty": "uncertainty (smallest top-2 margin)", "random": "random"}
 COLORS = {"uncertainty": "#1f77b4", "random": "#ff7f0e"}
@@ -231,8 +231,8 @@ def rebuild(out_dir: Path) -> dict[str, Path]:
     data = json.loads((out_dir / "results.json").read_text())
     exp = ExperimentResult.model_validate(data["experiment"])
     if not any(r.queried_labels for a in exp.arms for r in a.rounds[1:]):  # results from before that field
-        from retrain.corpora import load_corpus
-        from retrain.demo.experiment import split_corpus
+        from demo.corpora import load_corpus
+        from demo.experiment import split_corpus
 
         c = exp.config
         pool, _ = split_corpus(load_corpus(c.corpus, "train"), load_corpus(c.corpus, "test"), c.pool_size, c.test_size)

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from classifier.runtime import LoadedModel
-from retrain.dataio import LabeledText
+from model.data import LabeledText
+from model.runtime import LoadedModel
 
 
 class ClassScores(BaseModel):

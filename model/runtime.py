@@ -1,40 +1,44 @@
-"""Model runtime: load a Sift model directory and turn texts into class probabilities.
+"""Load a Sift model directory and turn texts into class probabilities, on the backend that serves best.
 
 This sits in the request path of the serving engine, so it imports no MLflow and does nothing per
-call beyond tokenising and one forward pass per batch. A model directory is HF ``save_pretrained``
-output of ``AutoModelForSequenceClassification`` + tokenizer, plus ``sift_model.json``
-(labels in output order, base_model, max_length, classifier, metrics, dataset_fingerprint).
+call beyond tokenising and one forward pass per batch. ``LoadedModel.load`` picks the backend: on
+CPU, ONNX Runtime (exported at load time, ``model/onnx_export.py``) when asked for and its answers
+agree with torch's, else torch, int8-quantised when asked for. The directory format is
+``model/format.py``.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-MODEL_META = "sift_model.json"
+from model.format import MODEL_META, ModelLoadError, read_meta
+from model.onnx_export import OnnxExportError, export_onnx
+
+log = logging.getLogger(__name__)
+
+Runtime = Literal["onnx", "torch"]
+Quantize = Literal["none", "int8"]
 
 
-class ModelLoadError(RuntimeError):
-    """A directory that is not a usable Sift model; the message says what is missing."""
+def quantize_int8(module: Any) -> Any:
+    """Dynamic int8 quantisation of Linear layers, per output channel: per-tensor scales moved a
+    fine-tuned MiniLM's probabilities by up to 0.94 (3% of labels flipped on 200 Reuters texts),
+    per-channel by 0.37 (0.5% flipped), no slower. Used when ONNX Runtime does not serve."""
+    import warnings
 
+    from torch.ao.quantization import per_channel_dynamic_qconfig
 
-def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / MODEL_META
-    if not path.is_file():
-        raise ModelLoadError(f"{model_dir} is not a Sift model directory: {MODEL_META} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path}: invalid JSON: {exc}") from exc
-    if not isinstance(meta.get("labels"), list) or len(meta["labels"]) < 2:
-        raise ModelLoadError(f"{path}: 'labels' must list at least 2 labels")
-    return meta
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager-mode API is deprecated in favour of torchao
+        return torch.ao.quantization.quantize_dynamic(
+            module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def length_chunks(lengths: list[int], max_batch: int, max_waste: float = 0.05) -> list[list[int]]:
@@ -74,7 +78,7 @@ class LoadedModel:
         self.batch_size = batch_size
         self._lock = threading.Lock()  # fast tokenizers raise "Already borrowed" under concurrent use
         self.device = next(model.parameters()).device
-        # set by the serving engine when ONNX Runtime serves this model (classifier/onnx_export.py)
+        # the ONNX Runtime session when it serves this model (chosen by ``load``), else torch does
         self.onnx: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
 
     @property
@@ -86,11 +90,15 @@ class LoadedModel:
         return "torch-int8" if quantized else "torch"
 
     @classmethod
-    def load(cls, model_dir: str | Path, version: str = "local", *, num_threads: int | None = None,
-             max_length: int | None = None, batch_size: int = 64, device: str | None = None) -> LoadedModel:
-        """Load a model directory for inference (CPU unless ``device`` says otherwise).
+    def load(cls, model_dir: str | Path, version: str = "local", *, runtime: Runtime = "torch",
+             quantize: Quantize = "none", num_threads: int | None = None, max_length: int | None = None,
+             batch_size: int = 64, device: str | None = None) -> LoadedModel:
+        """Load a model directory for inference (CPU unless ``device`` says otherwise) on its backend.
 
-        ``num_threads`` sets torch's intra-op threads, process-wide: the serving engine picks it once.
+        On CPU, ``runtime="onnx"`` exports to ONNX Runtime and falls back to torch (logged) when the
+        export fails or disagrees; ``quantize="int8"`` quantises whichever backend serves. Both are
+        ignored on an accelerator. ``num_threads`` sets torch's intra-op threads, process-wide (the
+        serving engine picks it once), and ONNX Runtime's for this model.
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -111,9 +119,22 @@ class LoadedModel:
         model.eval()
         if device:
             model.to(device)
-        return cls(model, tokenizer, labels, version=version,
-                   max_length=max_length or int(meta.get("max_length", 128)), meta=meta,
-                   model_dir=str(model_dir), batch_size=batch_size)
+        loaded = cls(model, tokenizer, labels, version=version,
+                     max_length=max_length or int(meta.get("max_length", 128)), meta=meta,
+                     model_dir=str(model_dir), batch_size=batch_size)
+        if loaded.device.type == "cpu":
+            loaded._choose_backend(runtime, quantize, num_threads or 0)
+        return loaded
+
+    def _choose_backend(self, runtime: Runtime, quantize: Quantize, threads: int) -> None:
+        if runtime == "onnx":
+            try:
+                self.onnx = export_onnx(self.model, self.tokenizer, quantize=quantize == "int8", threads=threads)
+            except OnnxExportError as exc:
+                log.warning("%s v%s: serving with torch instead of ONNX Runtime: %s",
+                            self.meta.get("classifier") or self.model_dir, self.version, exc)
+        if self.onnx is None and quantize == "int8":
+            self.model = quantize_int8(self.model)
 
     @torch.inference_mode()
     def predict_proba(self, texts: list[str]) -> np.ndarray:

@@ -1,32 +1,86 @@
 """Fine-tune an encoder into a Sift model directory: a plain torch loop, deterministic, time-boxed.
 
 Plain torch rather than ``transformers.Trainer``: fewer moving parts on a 2-core CPU box, exact
-control of the time budget, and no accelerate dependency. Output follows the model directory
-contract that ``classifier.runtime.LoadedModel`` reads.
+control of the time budget, and no accelerate dependency. One ``TrainSpec`` says what to train;
+``fine_tune`` is ``prepare`` (load, tokenise, optimiser) -> ``train_loop`` -> ``save`` (the model
+directory of ``model/format.py``, which ``model.runtime.LoadedModel`` reads).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from classifier.runtime import MODEL_META, LoadedModel, read_meta
-from retrain.dataio import LabeledText, fingerprint, label_counts
-from retrain.evaluate import EvalReport, evaluate
+from model.data import LabeledText, fingerprint, label_counts
+from model.evaluate import EvalReport, evaluate
+from model.format import read_meta, save_model_dir
+from model.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
+
+
+class TrainSpec(BaseModel):
+    """What one fine-tune trains, resolved once before any work starts.
+
+    For a classifier it is built from its retrain policy by ``retrain.tracking.train_spec`` (the
+    one place policy defaults are applied); its fields are recorded as the run's parameters.
+    ``head_learning_rate`` (pooler + classification head; None: ``learning_rate``) lets the fresh head
+    learn fast while the encoder moves gently. Measured on 800 Reuters-R8 texts, 2 epochs: one shared
+    5e-5 gives 84 % accuracy / 0.42 macro-F1, head 1e-3 gives 96 % / 0.88. ``init_from`` (a model
+    directory) warm-starts; ``time_budget_s`` stops cleanly; ``num_threads`` sets torch's threads for
+    this process; ``device`` defaults to CUDA when available, else CPU (the saved model loads anywhere).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    labels: list[str]
+    base_model: str
+    classifier: str = ""
+    epochs: int | float = 2
+    learning_rate: float = 5e-5
+    head_learning_rate: float | None = 1e-3
+    batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=128, ge=2)
+    num_hidden_layers: int | None = None
+    init_from: str | None = None
+    time_budget_s: float | None = None
+    seed: int = 0
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    num_threads: int | None = None
+    device: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels) or len(labels) < 2:
+            raise ValueError("labels must be at least 2 unique names")
+        return labels
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    def check_rows(self, rows: list[LabeledText], eval_rows: list[LabeledText] | None = None, *,
+                   source: str = "the training rows") -> None:
+        """The one unknown-label check: run before anything is stored, logged or trained."""
+        owner = f"the classifier {self.classifier!r}" if self.classifier else "the model"
+        for what, part in ((source, rows), ("the evaluation rows", eval_rows or [])):
+            unknown = sorted({r.label for r in part} - set(self.labels))
+            if unknown:
+                raise ValueError(f"{what}: labels {owner} does not know: {unknown} (it knows {self.labels})")
 
 
 class EpochRecord(BaseModel):
@@ -117,7 +171,7 @@ def _load_model(labels: list[str], base_model: str, init_from: str | Path | None
 
 
 def _batches(encoded: list[dict[str, list[int]]], targets: list[int], batch_size: int,
-             generator: torch.Generator, tokenizer: Any):
+             generator: torch.Generator, tokenizer: Any) -> Iterator[Any]:
     order = torch.randperm(len(encoded), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -126,161 +180,172 @@ def _batches(encoded: list[dict[str, list[int]]], targets: list[int], batch_size
         yield batch
 
 
-def fine_tune(
-    rows: list[LabeledText],
-    labels: list[str],
-    *,
-    base_model: str,
-    out_dir: str | Path,
-    eval_rows: list[LabeledText] | None = None,
-    epochs: float = 2,
-    learning_rate: float = 5e-5,
-    batch_size: int = 16,
-    max_length: int = 128,
-    num_hidden_layers: int | None = None,
-    init_from: str | Path | None = None,
-    time_budget_s: float | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    classifier: str = "",
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.06,
-    num_threads: int | None = None,
-    device: str | None = None,
-    head_learning_rate: float | None = 1e-3,
-) -> TrainResult:
-    """Fine-tune ``base_model`` (or warm-start from the model directory ``init_from``) and save to ``out_dir``.
+@dataclass
+class Prepared:
+    """A model and optimiser ready for the loop: what ``prepare`` builds from a spec and the rows."""
 
-    Stops cleanly at ``time_budget_s`` (checked before every step) and still evaluates and saves what
-    it has. ``num_threads`` sets torch's threads for this process (default: torch's, i.e. the cores).
-    ``device`` defaults to CUDA when available, else CPU; the saved model loads anywhere.
-    ``head_learning_rate`` (pooler + classification head; None: ``learning_rate``) lets the fresh head
-    learn fast while the encoder moves gently. Measured on 800 Reuters-R8 texts, 2 epochs: one shared
-    5e-5 gives 84 % accuracy / 0.42 macro-F1, head 1e-3 gives 96 % / 0.88.
-    """
-    from tqdm.auto import tqdm
+    spec: TrainSpec
+    model: Any
+    tokenizer: Any
+    base_model: str  # the original encoder, also through warm starts
+    parent: dict[str, Any]  # the warm start's meta, {} for a fresh model
+    device: torch.device
+    encoded: list[dict[str, list[int]]]
+    targets: list[int]
+    steps_per_epoch: int
+    total_steps: int
+    optimizer: Any
+    scheduler: Any
+    started: float  # monotonic; the time budget counts from here, loading included
+
+
+@dataclass
+class LoopOutcome:
+    steps: int = 0
+    stopped_by_time_budget: bool = False
+    history: list[EpochRecord] = field(default_factory=list)
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+    eval_report: EvalReport | None = None
+
+
+def prepare(spec: TrainSpec, rows: list[LabeledText], eval_rows: list[LabeledText] | None = None) -> Prepared:
+    """Check the rows, seed, load the model (fresh head or warm start), tokenise, build the optimiser."""
     from transformers import get_linear_schedule_with_warmup
 
-    if len(set(labels)) != len(labels) or len(labels) < 2:
-        raise ValueError("labels must be at least 2 unique names")
     if not rows:
         raise ValueError("no training rows")
-    known = set(labels)
-    for name, part in (("training", rows), ("evaluation", eval_rows or [])):
-        unknown = sorted({r.label for r in part} - known)
-        if unknown:
-            raise ValueError(f"{name} rows have labels outside {labels}: {unknown}")
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    _seed_everything(seed)
+    spec.check_rows(rows, eval_rows)
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    _seed_everything(spec.seed)
     started = time.monotonic()
-
-    model, tokenizer, base, parent = _load_model(labels, base_model, init_from, num_hidden_layers)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, tokenizer, base, parent = _load_model(spec.labels, spec.base_model, spec.init_from,
+                                                 spec.num_hidden_layers)
+    dev = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    index = {label: i for i, label in enumerate(labels)}
-    encoded = [dict(e) for e in _tokenize(tokenizer, [r.text for r in rows], max_length)]
-    targets = [index[r.label] for r in rows]
+    index = {label: i for i, label in enumerate(spec.labels)}
+    steps_per_epoch = math.ceil(len(rows) / spec.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * spec.epochs))
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, spec.weight_decay, spec.learning_rate, spec.head_learning_rate), lr=spec.learning_rate)
+    return Prepared(
+        spec=spec, model=model, tokenizer=tokenizer, base_model=base, parent=parent, device=dev,
+        encoded=[dict(e) for e in _tokenize(tokenizer, [r.text for r in rows], spec.max_length)],
+        targets=[index[r.label] for r in rows], steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        optimizer=optimizer,
+        scheduler=get_linear_schedule_with_warmup(optimizer, int(total_steps * spec.warmup_ratio), total_steps),
+        started=started,
+    )
 
-    steps_per_epoch = math.ceil(len(rows) / batch_size)
-    total_steps = max(1, math.ceil(steps_per_epoch * epochs))
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay, learning_rate, head_learning_rate),
-                                  lr=learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * warmup_ratio), total_steps)
-    generator = torch.Generator().manual_seed(seed)
 
-    runtime = LoadedModel(model, tokenizer, labels, version="training", max_length=max_length)
-    history: list[EpochRecord] = []
-    loss_curve: list[tuple[int, float]] = []
-    log_every = max(1, total_steps // 50)
+def train_loop(prep: Prepared, eval_rows: list[LabeledText] | None = None, *, progress: bool = True,
+               on_epoch: Callable[[EpochRecord], None] | None = None) -> LoopOutcome:
+    """Train until the spec's epochs are done or its time budget (checked before every step) runs out;
+    score ``eval_rows`` after every epoch."""
+    from tqdm.auto import tqdm
+
+    spec, model, dev = prep.spec, prep.model, prep.device
+    generator = torch.Generator().manual_seed(spec.seed)
+    runtime = LoadedModel(model, prep.tokenizer, spec.labels, version="training", max_length=spec.max_length)
+    out = LoopOutcome()
+    log_every = max(1, prep.total_steps // 50)
     window: list[float] = []
     epoch_losses: list[float] = []
-    step = 0
-    stopped = False
-    last_report: EvalReport | None = None
 
     def end_of_epoch(epoch: float) -> None:
-        nonlocal last_report
-        rec = EpochRecord(epoch=round(epoch, 4), step=step, seconds=round(time.monotonic() - started, 3),
+        rec = EpochRecord(epoch=round(epoch, 4), step=out.steps, seconds=round(time.monotonic() - prep.started, 3),
                           train_loss=float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
         if eval_rows:
             model.eval()
-            last_report = evaluate(runtime, eval_rows)
+            out.eval_report = evaluate(runtime, eval_rows)
             model.train()
-            rec.eval_accuracy, rec.eval_macro_f1 = last_report.accuracy, last_report.macro_f1
-        history.append(rec)
+            rec.eval_accuracy, rec.eval_macro_f1 = out.eval_report.accuracy, out.eval_report.macro_f1
+        out.history.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
 
-    bar = tqdm(total=total_steps, disable=not progress, desc="fine-tune", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=prep.total_steps, disable=not progress, desc="fine-tune", unit="step", dynamic_ncols=True)
     model.train()
     epoch = 0
-    while step < total_steps and not stopped:
+    while out.steps < prep.total_steps and not out.stopped_by_time_budget:
         epoch_losses = []
-        for batch in _batches(encoded, targets, batch_size, generator, tokenizer):
-            if step >= total_steps:
+        for batch in _batches(prep.encoded, prep.targets, spec.batch_size, generator, prep.tokenizer):
+            if out.steps >= prep.total_steps:
                 break
-            if time_budget_s is not None and time.monotonic() - started >= time_budget_s:
-                stopped = True
-                log.warning("time budget of %.0f s reached after %d of %d steps", time_budget_s, step, total_steps)
+            if spec.time_budget_s is not None and time.monotonic() - prep.started >= spec.time_budget_s:
+                out.stopped_by_time_budget = True
+                log.warning("time budget of %.0f s reached after %d of %d steps", spec.time_budget_s, out.steps,
+                            prep.total_steps)
                 break
             loss = model(**batch.to(dev)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+            prep.optimizer.step()
+            prep.scheduler.step()
+            prep.optimizer.zero_grad(set_to_none=True)
+            out.steps += 1
             value = float(loss.detach())
             epoch_losses.append(value)
             window.append(value)
-            if step % log_every == 0 or step == total_steps:
-                loss_curve.append((step, float(np.mean(window))))
+            if out.steps % log_every == 0 or out.steps == prep.total_steps:
+                out.loss_curve.append((out.steps, float(np.mean(window))))
                 window = []
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{value:.3f}")
         epoch += 1
         if epoch_losses:
-            end_of_epoch(min(step / steps_per_epoch, float(epochs)))
+            end_of_epoch(min(out.steps / prep.steps_per_epoch, float(spec.epochs)))
     bar.close()
     model.eval()
-    seconds = time.monotonic() - started
+    return out
 
+
+def save(prep: Prepared, out: LoopOutcome, rows: list[LabeledText], out_dir: str | Path) -> TrainResult:
+    """Write the model directory (device-neutral, meta with metrics and lineage) and describe the training."""
+    spec, model = prep.spec, prep.model
+    seconds = time.monotonic() - prep.started
     metrics: dict[str, float] = {
         "train_seconds": round(seconds, 3),
-        "steps": float(step),
-        "epochs_completed": round(step / steps_per_epoch, 4),
+        "steps": float(out.steps),
+        "epochs_completed": round(out.steps / prep.steps_per_epoch, 4),
         "train_examples": float(len(rows)),
     }
-    if history:
-        metrics["train_loss"] = history[-1].train_loss
-    if last_report is not None:
-        metrics.update(last_report.flat_metrics())
-        metrics["eval_examples"] = float(last_report.n)
+    if out.history:
+        metrics["train_loss"] = out.history[-1].train_loss
+    if out.eval_report is not None:
+        metrics.update(out.eval_report.flat_metrics())
+        metrics["eval_examples"] = float(out.eval_report.n)
     fp = fingerprint(rows)
     params = {
-        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
-        "num_hidden_layers": int(model.config.num_hidden_layers), "seed": seed, "time_budget_s": time_budget_s,
-        "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "head_learning_rate": head_learning_rate,
-        "init_from": str(init_from or ""),
-        "device": dev.type, "torch_threads": torch.get_num_threads(),
+        **spec.model_dump(exclude={"labels", "base_model", "classifier", "num_threads"}),
+        "num_hidden_layers": int(model.config.num_hidden_layers), "init_from": spec.init_from or "",
+        "device": prep.device.type, "torch_threads": torch.get_num_threads(),
     }
-    out = Path(out_dir)
+    path = Path(out_dir)
     model.to("cpu")  # a model directory is device-neutral
-    save_model_dir(out, model, tokenizer, {
-        "labels": labels, "base_model": base, "max_length": max_length, "classifier": classifier,
-        "metrics": metrics, "dataset_fingerprint": fp,
+    parent = prep.parent
+    save_model_dir(path, model, prep.tokenizer, {
+        "labels": spec.labels, "base_model": prep.base_model, "max_length": spec.max_length,
+        "classifier": spec.classifier, "metrics": metrics, "dataset_fingerprint": fp,
         "label_counts": label_counts(rows), "params": params,
         "parent": {"base_model": parent.get("base_model"), "dataset_fingerprint": parent.get("dataset_fingerprint")}
         if parent else None,
     })
     return TrainResult(
-        model_dir=str(out), labels=labels, base_model=base, metrics=metrics, history=history,
-        loss_curve=loss_curve, seconds=round(seconds, 3), steps=step,
-        epochs_completed=metrics["epochs_completed"], stopped_by_time_budget=stopped, train_examples=len(rows),
-        dataset_fingerprint=fp, eval_report=last_report, params=params,
+        model_dir=str(path), labels=spec.labels, base_model=prep.base_model, metrics=metrics, history=out.history,
+        loss_curve=out.loss_curve, seconds=round(seconds, 3), steps=out.steps,
+        epochs_completed=metrics["epochs_completed"], stopped_by_time_budget=out.stopped_by_time_budget,
+        train_examples=len(rows), dataset_fingerprint=fp, eval_report=out.eval_report, params=params,
     )
+
+
+def fine_tune(rows: list[LabeledText], spec: TrainSpec, *, out_dir: str | Path,
+              eval_rows: list[LabeledText] | None = None, progress: bool = True,
+              on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+    """Train ``spec`` on ``rows`` and save to ``out_dir``; a time-boxed run still evaluates and saves
+    what it has. ``eval_rows`` are scored after every epoch (``on_epoch`` sees each record)."""
+    prep = prepare(spec, rows, eval_rows)
+    return save(prep, train_loop(prep, eval_rows, progress=progress, on_epoch=on_epoch), rows, out_dir)
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[Any]:
@@ -306,14 +371,3 @@ def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
         {"params": ps, "weight_decay": 0.0 if no_decay else weight_decay, "lr": (head_lr or lr) if head else lr}
         for (head, no_decay), ps in groups.items()
     ]
-
-
-def save_model_dir(out: Path, model: Any, tokenizer: Any, meta: dict[str, Any]) -> None:
-    """Write the model directory contract; ``sift_model.json`` goes last, so its presence means complete."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MODEL_META).unlink(missing_ok=True)
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    tmp = out / f".{MODEL_META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, out / MODEL_META)

@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 from infra.objectstore import ObjectStore
 from infra.registry import Registry
 from infra.tenants import RetrainPolicy
+from model.evaluate import EvalReport
 from retrain import paths
-from retrain.evaluate import EvalReport
 
 EPS = 1e-9
 

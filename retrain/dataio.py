@@ -7,27 +7,22 @@ because these messages reach operators running ``sift train`` on their own files
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from model.data import LabeledText, fingerprint, label_counts
 
 TEXT_FORMATS = (".csv", ".jsonl", ".ndjson", ".parquet")
+# the row type and its fingerprint belong to the model (model/data.py); re-exported for the loaders' callers
+__all__ = ["DataError", "LabeledText", "fingerprint", "label_counts", "load_labeled", "write_jsonl",
+           "stratified_split", "stratified_sample", "TEXT_FORMATS"]
 
 
 class DataError(ValueError):
     """A labeled data file that cannot be used; the message is user-facing."""
-
-
-class LabeledText(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    text: str
-    label: str
 
 
 def _require(value: object, what: str, where: str) -> str:
@@ -184,19 +179,6 @@ def write_jsonl(rows: Iterable[LabeledText], path: str | Path) -> int:
             f.write(json.dumps({"text": row.text, "label": row.label}, ensure_ascii=False) + "\n")
             n += 1
     return n
-
-
-def fingerprint(rows: Iterable[LabeledText]) -> str:
-    """Order-independent sha256 of ``text\\tlabel`` lines: the dataset version recorded with every model."""
-    h = hashlib.sha256()
-    for line in sorted(f"{r.text}\t{r.label}" for r in rows):
-        h.update(line.encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def label_counts(rows: Iterable[LabeledText]) -> dict[str, int]:
-    return dict(sorted(Counter(r.label for r in rows).items()))
 
 
 def _by_label(rows: Iterable[LabeledText], seed: int) -> dict[str, list[LabeledText]]:

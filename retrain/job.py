@@ -28,13 +28,14 @@ from pydantic import BaseModel, Field
 
 from infra.objectstore import ObjectStore
 from infra.registry import ModelRef, Registry
-from infra.settings import Settings, resolve_base_model
+from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
+from model.evaluate import EvalReport, evaluate
+from model.format import read_meta
 from retrain import paths
 from retrain.alerts import DURATION, JOBS, alert
 from retrain.assemble import AssembledDataset, DatasetVersion, assemble
 from retrain.bless import Verdict, bless, record_verdict
-from retrain.evaluate import EvalReport, evaluate
 from retrain.lock import ClassifierLease, LockBusy
 from retrain.promote import Publish, bus_publish, promote
 from retrain.triggers import Triggers
@@ -236,8 +237,6 @@ class RetrainJob:
             champion = self.registry.champion(cfg.name)
             champ_dir = str(self.registry.download(champion)) if champion else None
             r.champion_before = champion.version if champion else None
-            from classifier.runtime import read_meta
-
             champ_meta = read_meta(champ_dir) if champ_dir else None
 
         trained = self._train_candidates(cfg, ds, champion, champ_dir, champ_meta, work)
@@ -297,7 +296,7 @@ class RetrainJob:
 
     def _train_candidates(self, cfg: ClassifierConfig, ds: AssembledDataset, champion: ModelRef | None,
                           champ_dir: str | None, champ_meta: dict | None, work: Path) -> dict[str, str]:
-        from retrain.tracking import train_and_register
+        from retrain.tracking import train_and_register, train_spec
 
         r, policy = self.record, cfg.retrain
         specs = self.options.candidates or default_candidates(champ_meta)
@@ -314,19 +313,17 @@ class RetrainJob:
                 try:
                     reg = train_and_register(
                         cfg, ds.train, registry=self.registry, eval_rows=ds.eval, make_champion_if_none=False,
+                        spec=train_spec(cfg, epochs=spec.epochs, learning_rate=spec.learning_rate,
+                                        batch_size=spec.batch_size, max_length=spec.max_length,
+                                        num_hidden_layers=None if warm else spec.num_hidden_layers,
+                                        init_from=champ_dir if warm else None, time_budget_s=share,
+                                        seed=spec.seed),
                         run_name=f"retrain-{r.job_id}-{spec.name}", work_dir=work / spec.name,
-                        init_from=champ_dir if warm else None,
                         parent_version=champion.version if warm and champion else None,
                         extra_tags={"sift.job_id": r.job_id, "sift.candidate": spec.name, "sift.trigger": r.trigger,
                                     "sift.dataset_version": ds.version.version_id,
                                     "sift.champion_at_training": champion.version if champion else "none"},
-                        base_model=resolve_base_model(cfg.base_model or None),
-                        epochs=spec.epochs or policy.epochs,
-                        learning_rate=spec.learning_rate or policy.learning_rate,
-                        batch_size=spec.batch_size or policy.batch_size,
-                        max_length=spec.max_length or policy.max_length,
-                        num_hidden_layers=None if warm else spec.num_hidden_layers,
-                        time_budget_s=share, seed=spec.seed, progress=False,
+                        progress=False,
                     )
                 except Exception as exc:
                     log.exception("candidate %s of job %s failed", spec.name, r.job_id)

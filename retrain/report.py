@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retrain.evaluate import EvalReport
-from retrain.train import EpochRecord, TrainResult
+from model.evaluate import EvalReport
+from model.train import EpochRecord, TrainResult
 
 
 def _pyplot():

@@ -22,9 +22,9 @@ from pydantic import BaseModel
 from infra.registry import Registry, configure_mlflow
 from infra.settings import resolve_base_model
 from infra.tenants import ClassifierConfig
+from model.train import TrainResult, TrainSpec, fine_tune
 from retrain.dataio import LabeledText, fingerprint, label_counts, stratified_split
 from retrain.report import write_report
-from retrain.train import TrainResult, fine_tune
 
 
 class RegisteredModel(BaseModel):
@@ -84,50 +84,59 @@ def _metrics(values: dict[str, float], step: int = 0, ts: int | None = None) -> 
     return [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and v == v]
 
 
+def train_spec(cfg: ClassifierConfig, **overrides: Any) -> TrainSpec:
+    """What to train for ``cfg``: the one place its retrain policy and base model become a ``TrainSpec``.
+
+    ``overrides`` are ``TrainSpec`` fields (a CLI flag, a candidate's settings, a job's time share);
+    a None override keeps the policy's value.
+    """
+    policy = cfg.retrain
+    values: dict[str, Any] = {
+        "labels": list(cfg.labels), "classifier": cfg.name, "base_model": resolve_base_model(cfg.base_model or None),
+        "epochs": policy.epochs, "learning_rate": policy.learning_rate, "batch_size": policy.batch_size,
+        "max_length": policy.max_length, "time_budget_s": policy.time_budget_s,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainSpec(**values)
+
+
 def train_and_register(
     cfg: ClassifierConfig,
     rows: list[LabeledText],
     *,
     registry: Registry,
+    spec: TrainSpec | None = None,
     eval_rows: list[LabeledText] | None = None,
     make_champion_if_none: bool = True,
     run_name: str | None = None,
     extra_tags: dict[str, str] | None = None,
-    init_from: str | Path | None = None,
     parent_version: str | None = None,
     work_dir: str | Path | None = None,
     artifact_location: str | None = None,
     label_curve: list[tuple[int, float]] | None = None,
-    **train_kwargs: Any,
+    progress: bool = True,
 ) -> RegisteredModel:
-    """Fine-tune on ``rows``, log everything to experiment ``sift-<name>``, register a new version.
+    """Fine-tune ``spec`` (default: ``train_spec(cfg)``) on ``rows``, log everything to experiment
+    ``sift-<name>``, register a new version.
 
     Without ``eval_rows`` a stratified ``cfg.retrain.eval_share`` is held out, so every version has
-    held-out metrics. Training defaults come from ``cfg.retrain`` and ``cfg.base_model``; any
-    ``fine_tune`` keyword overrides them. ``init_from`` (a model directory) warm-starts; pass its
-    registry ``parent_version`` for lineage. ``artifact_location`` only applies when the experiment
-    is created (tests use a local folder; servers proxy artifacts themselves).
+    held-out metrics. A warm start (``spec.init_from``) passes its registry ``parent_version`` for
+    lineage. ``artifact_location`` only applies when the experiment is created (tests use a local
+    folder; servers proxy artifacts themselves).
     """
+    spec = spec or train_spec(cfg)
+    if spec.labels != list(cfg.labels) or spec.classifier != cfg.name:
+        raise ValueError(f"the training spec is for {spec.classifier!r} {spec.labels}, not {cfg.name!r} {cfg.labels}")
+    spec.check_rows(rows, eval_rows)  # before a run exists: bad rows leave no failed run behind
     configure_mlflow(registry.settings)
-    unknown = sorted({r.label for r in [*rows, *(eval_rows or [])]} - set(cfg.labels))
-    if unknown:
-        raise ValueError(f"rows have labels the classifier {cfg.name!r} does not know: {unknown}")
     eval_source = "given"
     if eval_rows is None:
         counts = label_counts(rows)
         if min(counts.values()) >= 2:
-            rows, eval_rows = stratified_split(rows, cfg.retrain.eval_share, seed=train_kwargs.get("seed", 0))
+            rows, eval_rows = stratified_split(rows, cfg.retrain.eval_share, seed=spec.seed)
             eval_source = "split"
         else:
             eval_rows, eval_source = [], "none"
-
-    policy = cfg.retrain
-    kwargs: dict[str, Any] = {
-        "base_model": resolve_base_model(cfg.base_model or None),
-        "epochs": policy.epochs, "learning_rate": policy.learning_rate, "batch_size": policy.batch_size,
-        "max_length": policy.max_length, "time_budget_s": policy.time_budget_s,
-    }
-    kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
 
     client = registry.client
     exp_id = experiment_id(registry, cfg.name, artifact_location)
@@ -146,11 +155,11 @@ def train_and_register(
     try:
         counts = label_counts(rows)
         client.log_batch(run_id, params=_params({
-            **{k: v for k, v in kwargs.items() if k not in ("progress", "on_epoch")},
+            **spec.model_dump(exclude={"labels", "classifier"}),
             "labels": json.dumps(cfg.labels), "train_examples": len(rows), "eval_examples": len(eval_rows),
             "dataset_fingerprint": fingerprint(rows),
             "eval_fingerprint": fingerprint(eval_rows) if eval_rows else None,
-            "init_from": str(init_from) if init_from else None, "parent_version": parent_version,
+            "parent_version": parent_version,
             **{f"count.{label}": counts.get(label, 0) for label in cfg.labels},
         }))
 
@@ -159,10 +168,8 @@ def train_and_register(
                 {"epoch_train_loss": rec.train_loss, "epoch_eval_accuracy": rec.eval_accuracy,
                  "epoch_eval_macro_f1": rec.eval_macro_f1}, step=rec.step))
 
-        result: TrainResult = fine_tune(
-            rows, list(cfg.labels), out_dir=base_dir / "model", eval_rows=eval_rows or None,
-            init_from=init_from, classifier=cfg.name, on_epoch=on_epoch, **kwargs,
-        )
+        result: TrainResult = fine_tune(rows, spec, out_dir=base_dir / "model", eval_rows=eval_rows or None,
+                                        progress=progress, on_epoch=on_epoch)
         client.log_batch(run_id, metrics=_metrics(result.metrics, step=result.steps))
         report_dir = base_dir / "report"
         write_report(report_dir, result, label_curve=label_curve or (),

@@ -16,10 +16,10 @@ app.add_typer(worker, name="worker")
 
 
 def _mount_stage_clis() -> None:
+    from demo.cli import demo
     from feedback.cli import app as feedback_cli
     from ops.cli import app as ops_cli
     from retrain.cli import app as retrain_cli
-    from retrain.demo.cli import demo
     from review.cli import app as review_cli
 
     app.add_typer(feedback_cli, name="feedback")

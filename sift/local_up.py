@@ -22,10 +22,10 @@ def _credentials_path(settings: Settings) -> Path:
 
 def _ensure_demo(settings: Settings, train_rows: int) -> str | None:
     """Create the demo classifier (once) and train its first model when the registry has none."""
+    from demo.corpora import load_corpus
     from infra.objectstore import ObjectStore
     from infra.registry import Registry
     from infra.tenants import TenantStore
-    from retrain.corpora import load_corpus
     from sift.onboarding import build_config, create_classifier
     from sift.provisioning import default_provisioners
 

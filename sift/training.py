@@ -7,7 +7,7 @@ from typing import Any
 
 from infra.objectstore import ObjectStore
 from infra.registry import Registry
-from infra.settings import get_settings, resolve_base_model
+from infra.settings import get_settings
 from infra.tenants import TenantStore
 
 
@@ -42,32 +42,25 @@ def train_rows_command(
 ) -> dict[str, Any]:
     from retrain.assemble import split_for_training
     from retrain.seed import store_seed
-    from retrain.tracking import train_and_register
+    from retrain.tracking import train_and_register, train_spec
 
     settings = get_settings()
     store = ObjectStore(settings)
     store.ensure_bucket()
     cfg = TenantStore(store).require(name)
-    unknown = sorted({r.label for r in rows} - set(cfg.labels))
-    if unknown:
-        raise ValueError(f"{source or 'the data'} has labels the classifier {name!r} does not know: {unknown}")
+    spec = train_spec(cfg, epochs=epochs, max_length=max_length, num_hidden_layers=layers)
+    spec.check_rows(rows, source=source or "the data")  # before the seed is stored
     # kept in the object store so every later retrain can rebuild the training set from it
     store_seed(store, name, rows, source=source)
-    policy = cfg.retrain
     # the same hash rule as the retrain stage: the first champion never sees the evaluation texts
-    train_rows, eval_rows = split_for_training(name, rows, policy.eval_share)
+    train_rows, eval_rows = split_for_training(name, rows, cfg.retrain.eval_share)
     registered = train_and_register(
         cfg,
         train_rows,
+        spec=spec,
         eval_rows=eval_rows or None,
         registry=Registry(settings),
         make_champion_if_none=make_champion_if_none,
         run_name=f"train-{name}",
-        base_model=resolve_base_model(cfg.base_model),
-        epochs=epochs or policy.epochs,
-        learning_rate=policy.learning_rate,
-        batch_size=policy.batch_size,
-        max_length=max_length or policy.max_length,
-        num_hidden_layers=layers,
     )
     return registered.model_dump(mode="json") if hasattr(registered, "model_dump") else dict(registered)

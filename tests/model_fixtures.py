@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from retrain.dataio import LabeledText
+from model.data import LabeledText
+
+if TYPE_CHECKING:
+    from model.train import TrainSpec
 
 DATA = Path(__file__).parent / "data"
 TINY_LABELS = ["finance", "sports", "weather"]
 TINY_TRAIN = {"epochs": 3, "learning_rate": 1e-3, "batch_size": 8, "max_length": 32, "num_hidden_layers": 1,
-              "seed": 0, "progress": False}
+              "seed": 0}
 
 TINY_EXAMPLES = {
     "finance": "the bank reported record quarterly profit and its shares rose on the stock exchange",
@@ -42,13 +46,19 @@ def topic_rows(n_per_label: int, seed: int = 0) -> list[LabeledText]:
     return rows
 
 
-def train_tiny(out_dir: Path, **overrides):
+def tiny_spec(**overrides: Any) -> TrainSpec:
+    """The tiny model's training spec (1 layer of the shipped encoder); ``overrides`` are TrainSpec fields."""
     from infra.settings import resolve_base_model
-    from retrain.train import fine_tune
+    from model.train import TrainSpec
 
-    kwargs = {**TINY_TRAIN, **overrides}
-    return fine_tune(topic_rows(40, seed=1), TINY_LABELS, base_model=resolve_base_model(None), out_dir=out_dir,
-                     eval_rows=topic_rows(15, seed=2), **kwargs)
+    return TrainSpec(labels=TINY_LABELS, base_model=resolve_base_model(None), **{**TINY_TRAIN, **overrides})
+
+
+def train_tiny(out_dir: Path, **overrides: Any):
+    from model.train import fine_tune
+
+    return fine_tune(topic_rows(40, seed=1), tiny_spec(**overrides), out_dir=out_dir,
+                     eval_rows=topic_rows(15, seed=2), progress=False)
 
 
 @pytest.fixture(scope="session")

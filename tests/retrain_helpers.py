@@ -14,7 +14,7 @@ from infra.tenants import ClassifierConfig, RetrainPolicy, TenantStore
 from retrain.dataio import LabeledText
 from retrain.job import CandidateSpec, JobOptions
 from retrain.seed import store_seed
-from tests.model_fixtures import TINY_LABELS, TINY_TRAIN, register_champion, topic_rows
+from tests.model_fixtures import TINY_LABELS, register_champion, tiny_spec, topic_rows
 
 TEST_POLICY = dict(min_new_labels=30, promotion_margin=0.0, recall_tolerance=0.05, min_examples_per_label=5,
                    eval_share=0.25, epochs=2, learning_rate=3e-4, batch_size=16, max_length=32, time_budget_s=120)
@@ -34,14 +34,11 @@ def make_classifier(settings: Settings, **policy: object) -> tuple[ClassifierCon
 def weak_model_dir(tmp: Path) -> Path:
     """A model trained on rotated labels (finance->sports->weather->finance): confidently wrong, so any
     candidate trained on the true labels beats it by far and the promotion is certain."""
-    from infra.settings import resolve_base_model
-    from retrain.train import fine_tune
+    from model.train import fine_tune
 
     rotate = {a: b for a, b in zip(TINY_LABELS, TINY_LABELS[1:] + TINY_LABELS[:1], strict=True)}
     rows = [LabeledText(text=r.text, label=rotate[r.label]) for r in topic_rows(30, seed=1)]
-    kwargs = {**TINY_TRAIN, "epochs": 2}
-    return Path(fine_tune(rows, TINY_LABELS, base_model=resolve_base_model(None), out_dir=tmp / "weak",
-                          **kwargs).model_dir)
+    return Path(fine_tune(rows, tiny_spec(epochs=2), out_dir=tmp / "weak", progress=False).model_dir)
 
 
 def seed_classifier(settings: Settings, model_dir: Path, **policy: object) -> tuple[ClassifierConfig, str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from retrain.demo.experiment import ExperimentConfig, margins, run_experiment, select
+from demo.experiment import ExperimentConfig, margins, run_experiment, select
 from tests.model_fixtures import TINY_LABELS, topic_rows
 
 
@@ -40,7 +40,7 @@ def test_miniature_experiment(tmp_path) -> None:
     assert [p.labels for p in result.curves["uncertainty"]] == [6, 12, 18]
     assert result.curves["random"][0].accuracy_std == 0.0
 
-    from retrain.demo.report import write_results
+    from demo.report import write_results
 
     paths = write_results(tmp_path / "out", result, None, wall_s=1.0)
     assert paths["plot"].stat().st_size > 1000 and "uncertainty" in paths["markdown"].read_text()

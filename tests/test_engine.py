@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from classifier.engine import ModelUnavailable, ServingEngine
-from classifier.runtime import LoadedModel
+from model.runtime import LoadedModel
 
 
 def _engine(model_dir: str, version: str = "1", **kw) -> ServingEngine:
@@ -88,7 +88,7 @@ def test_broken_model_dir_is_a_clear_error(tmp_path):
 
 
 def test_length_chunks_bound_padding_and_cover_every_text():
-    from classifier.runtime import length_chunks
+    from model.runtime import length_chunks
 
     lengths = [128, 12, 14, 127, 60, 61, 13, 128, 59, 90, 11, 12]
     chunks = length_chunks(lengths, max_batch=4, max_waste=0.05)

@@ -9,10 +9,10 @@ import logging
 import numpy as np
 import pytest
 
-from classifier import engine as engine_module
 from classifier.engine import ServingEngine
-from classifier.onnx_export import OnnxExportError, export_onnx
-from classifier.runtime import LoadedModel
+from model import runtime as runtime_module
+from model.onnx_export import OnnxExportError, export_onnx
+from model.runtime import LoadedModel
 
 
 @pytest.mark.parametrize(("quantize", "backend"), [("int8", "onnx-int8"), ("none", "onnx")])
@@ -41,9 +41,9 @@ def test_a_failed_export_serves_with_torch(tiny_model_dir, tiny_examples, monkey
     def broken(*args, **kwargs):  # simulates an architecture the exporter cannot trace
         raise OnnxExportError("ONNX export failed: unsupported operator")
 
-    monkeypatch.setattr(engine_module, "export_onnx", broken)
+    monkeypatch.setattr(runtime_module, "export_onnx", broken)
     engine = ServingEngine(lambda name: None, runtime="onnx", quantize="int8")
-    with caplog.at_level(logging.WARNING, logger="classifier.engine"):
+    with caplog.at_level(logging.WARNING, logger="model.runtime"):
         served = engine.load_model("c", "1", str(tiny_model_dir))
     assert served.backend == "torch-int8" and served.onnx is None
     assert "serving with torch instead of ONNX Runtime: ONNX export failed" in caplog.text

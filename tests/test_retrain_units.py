@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.tenants import RetrainPolicy
+from model.evaluate import scores_from_predictions
 from retrain.assemble import AssembledDataset, Conflict, DatasetVersion, split_for_training
 from retrain.bless import judge
 from retrain.dataio import LabeledText
-from retrain.evaluate import scores_from_predictions
 from retrain.triggers import Cron, CronError, schedule_due
 from retrain.validate import validate
 

