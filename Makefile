@@ -42,15 +42,16 @@ down:
 status:
 	$(BIN)/sift status
 
-test: install install-browser
-	$(BIN)/ruff check .
+test: install install-browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not labelstudio and not browser and not slow" $(PYTEST_ARGS)
 
+# ruff, then the import contract of pyproject.toml's [tool.importlinter] (stage boundaries, torch only in model/)
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports  # the tree here, not whatever copy is installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/classify.py

@@ -97,3 +97,11 @@ def test_runtime_does_not_import_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+def test_reading_a_model_directory_imports_no_torch():
+    """The retrain stage reads a champion's meta and labeled rows without paying for torch."""
+    code = "import sys, model.format, model.data, retrain.dataio; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
