@@ -93,6 +93,14 @@ class Spool:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
 
+    def oldest_age_s(self, now: float | None = None) -> float | None:
+        """Seconds the oldest undelivered event has waited (None when the spool is empty)."""
+        import time
+
+        with self._lock:
+            oldest = self._db.execute("SELECT min(spooled_at) FROM spool").fetchone()[0]
+        return None if oldest is None else max(0.0, (now or time.time()) - oldest)
+
     def try_become_drainer(self) -> bool:
         """Take the per-spool drain lock (held until close); False when another process has it."""
         if self._drain_fd is not None:

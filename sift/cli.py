@@ -212,11 +212,13 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """What runs, where, and whether it is ready."""
-    from infra.local.stack import LocalStack
+def status(as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
+    """The pipeline at a glance: processes, Kafka lag, spool, champion, review and retrain per classifier."""
+    from infra.settings import get_settings
+    from sift.status import pipeline_status, render
 
-    _print(LocalStack().status())
+    result = pipeline_status(get_settings())
+    typer.echo(result.model_dump_json(indent=2) if as_json else render(result))
 
 
 def _run_worker(target: str) -> None:

@@ -1,0 +1,117 @@
+"""``sift status``: the whole pipeline at a glance, assembled from each stage's own status reader.
+
+Wiring only: every number comes from the owner of its store (the local stack's pid files, Kafka
+committed offsets, the local spool, the registry, the review queue, the retrain job records).
+A part that cannot be read shows its error instead of hiding the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from infra.settings import Settings
+
+T = TypeVar("T")
+
+# consumer groups whose lag matters, with the topics they read
+GROUPS = {"sift-review": ["review-requests"], "sift-retrain": ["reviewed-labels"]}
+
+
+class ClassifierStatus(BaseModel):
+    name: str
+    threshold: float
+    champion: str | None = None
+    backlog: int | None = None
+    pending_tasks: int | None = None
+    reviewed: int | None = None
+    last_retrain: str | None = None
+    errors: list[str] = []
+
+
+class PipelineStatus(BaseModel):
+    processes: dict[str, str]
+    lag: dict[str, dict[str, int]]
+    spool_events: int | None
+    spool_oldest_age_s: float | None
+    classifiers: list[ClassifierStatus]
+    errors: list[str] = []
+
+
+def _try(errors: list[str], what: str, read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except Exception as exc:  # a dead part is shown as such, the rest still reads
+        errors.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
+        return None
+
+
+def _process_state(row: dict[str, Any]) -> str:
+    if row.get("external"):
+        return f"external {row.get('url', '')}"
+    if not row.get("running"):
+        return "down"
+    return "up" if row.get("ready", True) else "starting"
+
+
+def pipeline_status(settings: Settings) -> PipelineStatus:
+    from infra.bus import consumer_lag
+    from infra.local.stack import LocalStack
+    from infra.objectstore import ObjectStore
+    from infra.registry import Registry
+    from infra.spool import Spool
+    from infra.tenants import TenantStore
+    from retrain.job import list_jobs
+    from review.status import review_status
+
+    errors: list[str] = []
+    processes = {name: _process_state(row) for name, row in LocalStack(settings).status().items()}
+    lag = {group: _try(errors, f"lag of {group}", lambda g=group, t=topics: consumer_lag(settings, g, t)) or {}
+           for group, topics in GROUPS.items()}
+    spool = _try(errors, "spool", lambda: Spool(settings.spool_dir))
+    store = ObjectStore(settings)
+    registry = Registry(settings)
+    rows = []
+    for cfg in _try(errors, "classifiers", TenantStore(store).list) or []:
+        row = ClassifierStatus(name=cfg.name, threshold=cfg.threshold)
+        champion = _try(row.errors, "champion", lambda c=cfg: registry.champion(c.name))
+        row.champion = champion.version if champion else None
+        review = _try(row.errors, "review", lambda c=cfg: review_status(settings, c.name, store=store))
+        if review is not None:
+            row.backlog, row.pending_tasks, row.reviewed = review.backlog, review.pending_tasks, review.reviewed
+        jobs = _try(row.errors, "retrain", lambda c=cfg: list_jobs(store, c.name, limit=1)) or []
+        if jobs:
+            job = jobs[0]
+            row.last_retrain = f"{job.status}: {job.reason}"[:160] if job.reason else job.status
+        rows.append(row)
+    return PipelineStatus(
+        processes=processes, lag=lag, classifiers=rows, errors=errors,
+        spool_events=len(spool) if spool else None, spool_oldest_age_s=spool.oldest_age_s() if spool else None,
+    )
+
+
+def render(status: PipelineStatus) -> str:
+    """A terminal page: processes, Kafka lag, spool, then one line per classifier."""
+    lines = ["PROCESSES"]
+    lines += [f"  {name:<18} {state}" for name, state in status.processes.items()]
+    lines.append("KAFKA LAG (records not yet committed)")
+    for group, parts in status.lag.items():
+        total = sum(parts.values())
+        lines.append(f"  {group:<18} {total}" + (f"   {parts}" if total else ""))
+    age = "" if status.spool_oldest_age_s is None else f", oldest {status.spool_oldest_age_s:.0f} s"
+    lines.append(f"SPOOL  {status.spool_events if status.spool_events is not None else '?'} events{age}")
+    lines.append("CLASSIFIERS")
+    lines.append(f"  {'name':<16} {'champion':>8} {'thresh':>6} {'backlog':>7} {'pending':>7} {'reviewed':>8}  "
+                 "last retrain")
+
+    def cell(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    for c in status.classifiers:
+        lines.append(f"  {c.name:<16} {cell(c.champion):>8} {c.threshold:>6.2f} {cell(c.backlog):>7} "
+                     f"{cell(c.pending_tasks):>7} {cell(c.reviewed):>8}  {cell(c.last_retrain)}")
+        lines += [f"      ! {e}" for e in c.errors]
+    lines += [f"! {e}" for e in status.errors]
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""`sift status` reads the whole pipeline from the real broker, store, registry and spool."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from typer.testing import CliRunner
+
+from infra.bus import Bus, consumer_lag
+from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest
+from infra.objectstore import ObjectStore
+from infra.spool import Spool, SpooledRecord
+from infra.tenants import ClassifierConfig, TenantStore
+from sift.cli import app
+from tests.bus_helpers import isolated
+
+
+def test_status_shows_lag_spool_and_each_classifier(sift_settings, mlflow_server, monkeypatch) -> None:
+    settings = isolated(sift_settings)
+    monkeypatch.setenv("SIFT_TOPIC_PREFIX", settings.topic_prefix)
+    name = f"st-{uuid.uuid4().hex[:6]}"
+    TenantStore(ObjectStore(settings)).create(ClassifierConfig(name=name, labels=["a", "b"], threshold=0.55))
+    bus = Bus(settings)
+    bus.ensure_topics()
+    producer = bus.producer()
+    for i in range(3):  # no review worker runs: all three wait
+        bus.send_sync(producer, TOPIC_REVIEW_REQUESTS,
+                      ReviewRequest(classifier=name, text=f"text {i}", source="low_confidence"))
+    producer.close()
+    spool = Spool(settings.spool_dir)
+    spool.append([SpooledRecord(topic="t", key=None, value=b"{}", event_id=f"e{i}") for i in range(2)])
+    spool.close()
+    assert consumer_lag(settings, "sift-review", [TOPIC_REVIEW_REQUESTS]) == {
+        f"{bus.topic(TOPIC_REVIEW_REQUESTS)}:0": 3}
+
+    from infra.settings import get_settings
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert sum(status["lag"]["sift-review"].values()) == 3
+    assert status["spool_events"] == 2 and status["spool_oldest_age_s"] >= 0
+    [row] = [c for c in status["classifiers"] if c["name"] == name]
+    assert row["threshold"] == 0.55 and row["champion"] is None and row["last_retrain"] is None
+    assert row["backlog"] == 0 and row["errors"] == []
+
+    page = CliRunner().invoke(app, ["status"])
+    assert page.exit_code == 0 and name in page.output and "SPOOL  2 events" in page.output
