@@ -17,17 +17,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
 from pydantic import BaseModel, Field, model_validator
 
-from feedback.ingest import SNIFF_BYTES, MalformedFile, detect_format
 from feedback.uploads import (
     API_SUBFOLDER,
-    MAX_ROWS,
-    KeepOpen,
+    UploadRejected,
     UploadReport,
     file_sha256,
+    ingest_upload,
     prefix_for,
-    process_file,
-    rejected_report,
-    report_key,
     safe_filename,
 )
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, new_id, stable_id
@@ -156,9 +152,10 @@ def post_feedback(
     status_code=202,
     response_model=UploadReport,
     responses={
-        400: {"description": "malformed file (the reason is in detail)"},
+        400: {"description": "malformed or empty file (the reason is in detail)"},
         401: {"description": "missing or invalid API key"},
         404: {"description": "unknown classifier"},
+        413: {"description": "file larger than SIFT_MAX_UPLOAD_BYTES"},
         503: {"description": "not accepted: neither the broker nor the local spool could take the rows; retry "
                             "the same file (rows that got through have the same event ids and are deduped)"},
     },
@@ -173,37 +170,20 @@ def post_feedback_batch(
 
     The multipart body is spooled to a temporary file by the server (bounded memory), copied raw to
     ``feedback-uploads/<classifier>/api/<upload_id>/<filename>`` with a report next to it, then
-    validated and published in two streaming passes. Sync on purpose: FastAPI runs it in a worker
-    thread, so the event loop keeps serving classify while a 100k-row file is processed.
+    validated and published in two streaming passes (``ingest_upload``, shared with the drop
+    folder). Sync on purpose: FastAPI runs it in a worker thread, so the event loop keeps serving
+    classify while a 100k-row file is processed.
     """
     publisher = _publisher(services)
     f = file.file
-    digest, size = file_sha256(f)
-    if size == 0:
-        raise HTTPException(400, "the uploaded file is empty")
+    digest, _size = file_sha256(f)
     basis = stable_id("batch_feedback", cfg.name, idempotency_key) if idempotency_key else digest[:32]
     source_key = f"{prefix_for(cfg.name)}{API_SUBFOLDER}/{basis}/{safe_filename(file.filename)}"
-    services.store.upload_stream(source_key, KeepOpen(f))
-    f.seek(0)
-    fmt = None
     try:
-        fmt = detect_format(file.filename, f.read(SNIFF_BYTES))
-        report = process_file(
-            f, fmt, cfg, publisher, basis=basis, source_key=source_key,
-            max_text_chars=services.settings.max_text_chars, max_rows=MAX_ROWS,
-        )
-    except MalformedFile as exc:
-        report = rejected_report(cfg, basis=basis, source_key=source_key, fmt=fmt, error=str(exc))
-        services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
-        raise HTTPException(400, f"malformed file {file.filename!r}: {exc}") from exc
+        return ingest_upload(f, filename=file.filename, cfg=cfg, publisher=publisher, store=services.store,
+                             settings=services.settings, basis=basis, source_key=source_key, copy_raw=True)
+    except UploadRejected as exc:
+        raise HTTPException(exc.status_code, f"malformed file {file.filename!r}: {exc.report.error}"
+                            if exc.status_code == 400 else str(exc.report.error)) from exc
     except NotDurable as exc:
-        error = (f"not accepted, retry the same file later (rows that got through keep their event ids and are "
-                 f"deduped): {exc}")
-        report = rejected_report(cfg, basis=basis, source_key=source_key, fmt=fmt, error=error)
-        try:
-            services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
-        except Exception:
-            log.warning("could not store the rejected report of %s", source_key, exc_info=True)
-        raise HTTPException(503, f"batch feedback {error}", headers=RETRY_AFTER) from exc
-    services.store.put_json(report_key(source_key), report.model_dump(mode="json"))
-    return report
+        raise HTTPException(503, f"batch feedback {exc}", headers=RETRY_AFTER) from exc

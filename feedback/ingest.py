@@ -11,16 +11,23 @@ Accepted formats (one row = one text a user wants reviewed):
   ``{"classifier": "<name>", "sentences": ["text", ...]}``; a sentence may also be an object
   with the JSONL keys.
 
-Everything streams (csv reader over a text wrapper, ijson for the JSON document), so memory does
+Everything streams (csv reader over bounded lines, ijson for the JSON document), so memory does
 not grow with the number of rows. A file-level problem raises ``MalformedFile``; a bad row
 yields a ``RowError`` and parsing carries on.
+
+Every row is bounded before it is parsed (``RowLimits``): a JSONL line longer than
+``max_line_bytes`` or nested deeper than ``max_depth`` is a row error without ``json.loads`` ever
+seeing it (200,000 ``[`` used to raise RecursionError, a 500, and a drop-folder file retried
+forever); a CSV line over the limit rejects the file (a CSV row may span lines, so it has no
+per-row recovery). Then each field: text, labels and predicted labels by length, labels by the
+classifier's label set, and every string must be valid Unicode (a ``\ud800`` escape decodes to a
+lone surrogate that no encoder downstream accepts).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +42,22 @@ FORMATS: tuple[Format, ...] = ("csv", "jsonl", "json")
 SNIFF_BYTES = 64 * 1024
 MAX_COMMENT_CHARS = 2000
 MAX_ID_CHARS = 64
+SKIP_CHUNK = 1 << 16  # reading past an over-long line, this much at a time
+
+
+@dataclass(frozen=True)
+class RowLimits:
+    """Per-row bounds, from settings (``SIFT_MAX_TEXT_CHARS``, ``SIFT_MAX_LABEL_CHARS``, ...)."""
+
+    max_text_chars: int = 10_000
+    max_label_chars: int = 64
+    max_line_bytes: int = 256 * 1024
+    max_depth: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RowLimits:
+        return cls(max_text_chars=settings.max_text_chars, max_label_chars=settings.max_label_chars,
+                   max_line_bytes=settings.max_upload_line_bytes, max_depth=settings.max_upload_json_depth)
 
 # column / key aliases → canonical field
 ALIASES = {
@@ -95,8 +118,48 @@ def detect_format(filename: str | None, head: bytes) -> Format:
     return "csv"
 
 
-def _text_stream(raw: IO[bytes]) -> io.TextIOWrapper:
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
+def _bounded_lines(raw: IO[bytes], max_bytes: int) -> Iterator[bytes | None]:
+    """Physical lines (with their b"\n"), or None for a line over ``max_bytes`` (its bytes skipped).
+
+    Memory stays at one bounded line whatever the file holds.
+    """
+    while True:
+        line = raw.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line
+            continue
+        while True:  # an over-long line: read on to its end without keeping it
+            rest = raw.readline(SKIP_CHUNK)
+            if not rest or rest.endswith(b"\n"):
+                break
+        yield None
+
+
+def json_depth_exceeds(line: str, limit: int) -> bool:
+    """True when the JSON text nests deeper than ``limit`` (brackets inside strings do not count)."""
+    if line.count("[") + line.count("{") <= limit:
+        return False  # cheap, C-speed: cannot be deeper than the number of openers
+    depth = 0
+    in_string = escaped = False
+    for ch in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
 
 
 def _canonical(obj: dict[str, Any]) -> dict[str, Any]:
@@ -108,21 +171,29 @@ def _canonical(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def iter_raw_rows(raw: IO[bytes], fmt: Format, classifier: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def iter_raw_rows(raw: IO[bytes], fmt: Format, classifier: str, limits: RowLimits = RowLimits()
+                  ) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(row number, canonical fields) per row, or (row number, reason) for a row that is unreadable."""
     if fmt == "csv":
-        yield from _csv_rows(raw)
+        yield from _csv_rows(raw, limits)
     elif fmt == "jsonl":
-        yield from _jsonl_rows(raw)
+        yield from _jsonl_rows(raw, limits)
     elif fmt == "json":
-        yield from _json_rows(raw, classifier)
+        yield from _json_rows(raw, classifier, limits)
     else:
         raise MalformedFile(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def _csv_rows(raw: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    stream = _text_stream(raw)
-    reader = csv.reader(stream)
+def _csv_lines(raw: IO[bytes], max_bytes: int) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    for n, line in enumerate(_bounded_lines(raw, max_bytes), 1):
+        if line is None:
+            raise MalformedFile(f"line {n} of the CSV file is longer than {max_bytes} bytes")
+        yield decoder.decode(line)
+
+
+def _csv_rows(raw: IO[bytes], limits: RowLimits) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    reader = csv.reader(_csv_lines(raw, limits.max_line_bytes))
     row_no = 0
     try:
         header = next(reader, None)
@@ -152,19 +223,23 @@ def _csv_rows(raw: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | str]]:
         raise MalformedFile(f"the file is not UTF-8 text (near data row {row_no + 1}): {exc.reason}") from exc
     except csv.Error as exc:
         raise MalformedFile(f"broken CSV near data row {row_no + 1}: {exc}") from exc
-    finally:
-        stream.detach()
 
 
-def _jsonl_rows(raw: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _jsonl_rows(raw: IO[bytes], limits: RowLimits) -> Iterator[tuple[int, dict[str, Any] | str]]:
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     line_no = 0
     seen_object = False
     try:
-        for line_bytes in raw:  # binary iteration splits on b"\n" with bounded memory per line
+        for line_bytes in _bounded_lines(raw, limits.max_line_bytes):
             line_no += 1
+            if line_bytes is None:
+                yield line_no, f"line longer than {limits.max_line_bytes} bytes"
+                continue
             line = decoder.decode(line_bytes).strip()
             if not line:
+                continue
+            if json_depth_exceeds(line, limits.max_depth):
+                yield line_no, f"JSON nested deeper than {limits.max_depth} levels"
                 continue
             try:
                 obj = json.loads(line)
@@ -184,7 +259,7 @@ def _jsonl_rows(raw: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | str]]:
         raise MalformedFile("the JSONL file has no rows")
 
 
-def _json_rows(raw: IO[bytes], classifier: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _json_rows(raw: IO[bytes], classifier: str, limits: RowLimits) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """Stream ``sentences`` items; checks ``classifier`` wherever it appears in the object."""
     row_no = 0
     saw_sentences = False
@@ -208,8 +283,11 @@ def _json_rows(raw: IO[bytes], classifier: str) -> Iterator[tuple[int, dict[str,
                 elif event in ("start_map", "start_array"):
                     depth_item = [_builder_start(event)]
                     row_no += 1
-                    obj = _finish_item(parser, depth_item)
-                    yield row_no, (_canonical(obj) if isinstance(obj, dict) else "expected a string or an object")
+                    obj = _finish_item(parser, depth_item, limits.max_depth)
+                    if obj is _TOO_DEEP:
+                        yield row_no, f"JSON nested deeper than {limits.max_depth} levels"
+                    else:
+                        yield row_no, (_canonical(obj) if isinstance(obj, dict) else "expected a string or an object")
                 elif event != "map_key":
                     row_no += 1
                     yield row_no, f"expected a string or an object, got {event}"
@@ -233,8 +311,14 @@ def _builder_start(event: str) -> Any:
     return {} if event == "start_map" else []
 
 
-def _finish_item(parser: Iterator[tuple[str, str, Any]], stack: list[Any]) -> Any:
-    """Assemble one nested sentence object from the remaining ijson events (bounded: one item)."""
+_TOO_DEEP = object()
+
+
+def _finish_item(parser: Iterator[tuple[str, str, Any]], stack: list[Any], max_depth: int) -> Any:
+    """Assemble one nested sentence object from the remaining ijson events (bounded: one item).
+
+    An item nested deeper than ``max_depth`` is read to its end and returned as ``_TOO_DEEP``.
+    """
     key: str | None = None
     keys: list[str | None] = [None]
     while stack:
@@ -243,6 +327,9 @@ def _finish_item(parser: Iterator[tuple[str, str, Any]], stack: list[Any]) -> An
             key = value
             keys[-1] = key
             continue
+        if event in ("start_map", "start_array") and len(stack) >= max_depth:
+            _skip_item(parser, len(stack) + 1)
+            return _TOO_DEEP
         if event in ("start_map", "start_array"):
             child = _builder_start(event)
             _attach(stack[-1], keys[-1], child)
@@ -259,11 +346,28 @@ def _finish_item(parser: Iterator[tuple[str, str, Any]], stack: list[Any]) -> An
     return None
 
 
+def _skip_item(parser: Iterator[tuple[str, str, Any]], depth: int) -> None:
+    """Consume events until ``depth`` open containers are closed, keeping nothing."""
+    while depth:
+        _prefix, event, _value = next(parser)
+        if event in ("start_map", "start_array"):
+            depth += 1
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+
+
 def _attach(container: Any, key: str | None, value: Any) -> None:
     if isinstance(container, dict):
         container[key] = value
     else:
         container.append(value)
+
+
+def _check_unicode(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name}: invalid Unicode at character {exc.start} ({exc.reason})") from None
 
 
 def _opt_str(fields: dict[str, Any], name: str) -> str | None:
@@ -272,23 +376,36 @@ def _opt_str(fields: dict[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string")
+    _check_unicode(name, value)
     value = value.strip()
     return value or None
 
 
-def validate_row(row_no: int, fields: dict[str, Any], cfg: ClassifierConfig, max_text_chars: int) -> FeedbackRow:
+def _label(fields: dict[str, Any], name: str, cfg: ClassifierConfig, limits: RowLimits) -> str | None:
+    value = _opt_str(fields, name)
+    if value is None:
+        return None
+    if len(value) > limits.max_label_chars:
+        raise ValueError(f"{name} has {len(value)} characters; the limit is {limits.max_label_chars}")
+    if value not in cfg.labels:
+        what = "unknown label" if name == "label" else f"{name}: unknown label"
+        raise ValueError(f"{what} {value!r} (labels: {', '.join(cfg.labels)})")
+    return value
+
+
+def validate_row(row_no: int, fields: dict[str, Any], cfg: ClassifierConfig,
+                 limits: RowLimits = RowLimits()) -> FeedbackRow:
     """A checked row, or ValueError with the reason shown to the uploader."""
     text = fields.get("text")
     if not isinstance(text, str):
         raise ValueError("missing text" if text is None else "text must be a string")
+    if len(text) > limits.max_text_chars:
+        raise ValueError(f"text has {len(text)} characters; the limit is {limits.max_text_chars}")
+    _check_unicode("text", text)
     if not text.strip():
         raise ValueError("empty text")
-    if len(text) > max_text_chars:
-        raise ValueError(f"text has {len(text)} characters; the limit is {max_text_chars}")
-    label = _opt_str(fields, "label")
-    if label is not None and label not in cfg.labels:
-        raise ValueError(f"unknown label {label!r} (labels: {', '.join(cfg.labels)})")
-    predicted = _opt_str(fields, "predicted_label")
+    label = _label(fields, "label", cfg, limits)
+    predicted = _label(fields, "predicted_label", cfg, limits)
     verdict = _opt_str(fields, "verdict")
     if verdict is not None:
         verdict = verdict.lower()
@@ -305,14 +422,14 @@ def validate_row(row_no: int, fields: dict[str, Any], cfg: ClassifierConfig, max
 
 
 def iter_rows(
-    raw: IO[bytes], fmt: Format, cfg: ClassifierConfig, max_text_chars: int
+    raw: IO[bytes], fmt: Format, cfg: ClassifierConfig, limits: RowLimits = RowLimits()
 ) -> Iterator[FeedbackRow | RowError]:
     """Validated rows and row errors, in file order; raises MalformedFile for file-level problems."""
-    for row_no, fields in iter_raw_rows(raw, fmt, cfg.name):
+    for row_no, fields in iter_raw_rows(raw, fmt, cfg.name, limits):
         if isinstance(fields, str):
             yield RowError(row_no, fields)
             continue
         try:
-            yield validate_row(row_no, fields, cfg, max_text_chars)
+            yield validate_row(row_no, fields, cfg, limits)
         except ValueError as exc:
             yield RowError(row_no, str(exc))

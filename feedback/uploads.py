@@ -11,11 +11,16 @@ Publishing is durable (``publish_durable``, in chunks): when ``process_file`` re
 accepted row is acked by the broker or committed to the local spool. If a chunk can be neither,
 ``NotDurable`` propagates — the caller answers 503 / retries the file; rows of earlier chunks that
 did get through carry the same event ids on the retry and are deduped.
+
+``ingest_upload`` is the one entry point of both callers (the API route and the drop folder), so a
+file gets the same limits, the same report and the same answer wherever it arrives: a file refused
+as a whole raises ``UploadRejected`` (with its report stored and the HTTP status it deserves).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -23,9 +28,23 @@ from typing import IO, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from feedback.ingest import FeedbackRow, Format, MalformedFile, RowError, iter_rows
+from feedback.ingest import (
+    SNIFF_BYTES,
+    FeedbackRow,
+    Format,
+    MalformedFile,
+    RowError,
+    RowLimits,
+    detect_format,
+    iter_rows,
+)
 from infra.events import TOPIC_REVIEW_REQUESTS, Event, ReviewRequest, stable_id
+from infra.objectstore import ObjectStore
+from infra.publisher import NotDurable
+from infra.settings import Settings
 from infra.tenants import ClassifierConfig
+
+log = logging.getLogger(__name__)
 
 UPLOAD_PREFIX = "feedback-uploads"
 API_SUBFOLDER = "api"  # uploads through the API land here; the drop-folder worker skips it
@@ -51,7 +70,7 @@ class UploadReport(BaseModel):
     upload_id: str = Field(description="basis of the event ids: Idempotency-Key hash or content hash")
     source_key: str = Field(description="the raw file in the object store")
     format: Format | None = None
-    status: Literal["done", "rejected"] = "done"
+    status: Literal["done", "rejected"] = "done"  # rejected: the file as a whole, see ``error``
     error: str | None = Field(default=None, description="why the whole file was rejected")
     rows_total: int = 0
     rows_accepted: int = 0
@@ -128,14 +147,14 @@ def process_file(
     *,
     basis: str,
     source_key: str,
-    max_text_chars: int,
+    limits: RowLimits,
     max_rows: int = MAX_ROWS,
     progress: Callable[[int], None] | None = None,
 ) -> UploadReport:
     """Validate then publish every good row of a seekable file; MalformedFile leaves no events."""
     report = UploadReport(classifier=cfg.name, upload_id=basis, source_key=source_key, format=fmt)
     f.seek(0)
-    for item in iter_rows(f, fmt, cfg, max_text_chars):  # pass 1: validate and count only
+    for item in iter_rows(f, fmt, cfg, limits):  # pass 1: validate and count only
         report.rows_total += 1
         if report.rows_total > max_rows:
             raise MalformedFile(f"more than {max_rows} rows; split the file")
@@ -159,7 +178,7 @@ def process_file(
         if progress:
             progress(done)
 
-    for item in iter_rows(f, fmt, cfg, max_text_chars):  # pass 2: publish, durably, chunk by chunk
+    for item in iter_rows(f, fmt, cfg, limits):  # pass 2: publish, durably, chunk by chunk
         if isinstance(item, FeedbackRow):
             chunk.append(event_for(item, cfg, basis))
             if len(chunk) >= PUBLISH_CHUNK:
@@ -174,3 +193,87 @@ def rejected_report(cfg: ClassifierConfig, *, basis: str, source_key: str, fmt: 
                     error: str) -> UploadReport:
     return UploadReport(classifier=cfg.name, upload_id=basis, source_key=source_key, format=fmt,
                         status="rejected", error=error, finished_at=datetime.now(UTC))
+
+
+class UploadRejected(Exception):
+    """The file as a whole is refused; its report is stored, ``status_code`` is the HTTP answer."""
+
+    def __init__(self, report: UploadReport, status_code: int) -> None:
+        super().__init__(report.error)
+        self.report = report
+        self.status_code = status_code
+
+
+def size_error(size: int, settings: Settings) -> tuple[str, int] | None:
+    """(reason, HTTP status) when a file of ``size`` bytes is refused before it is read."""
+    if size == 0:
+        return "the uploaded file is empty", 400
+    if size > settings.max_upload_bytes:
+        return (f"the file has {size} bytes; the limit is {settings.max_upload_bytes} (SIFT_MAX_UPLOAD_BYTES): "
+                "split it"), 413
+    return None
+
+
+def reject_file(store: ObjectStore, cfg: ClassifierConfig, *, basis: str, source_key: str, fmt: Format | None,
+                error: str, status_code: int) -> UploadRejected:
+    """Store the "rejected" report of a file refused as a whole; the exception to raise for it."""
+    report = rejected_report(cfg, basis=basis, source_key=source_key, fmt=fmt, error=error)
+    _store_report(store, report)
+    return UploadRejected(report, status_code)
+
+
+def _store_report(store: ObjectStore, report: UploadReport, *, best_effort: bool = False) -> None:
+    try:
+        store.put_json(report_key(report.source_key), report.model_dump(mode="json"))
+    except Exception:
+        if not best_effort:
+            raise
+        log.warning("could not store the report of %s", report.source_key, exc_info=True)
+
+
+def ingest_upload(
+    f: IO[bytes],
+    *,
+    filename: str | None,
+    cfg: ClassifierConfig,
+    publisher: Publisher,
+    store: ObjectStore,
+    settings: Settings,
+    basis: str,
+    source_key: str,
+    copy_raw: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> UploadReport:
+    """Size cap, optional raw copy, format detection, validate-then-publish, report next to the file.
+
+    Returns the "done" report (with its per-row rejections). Raises ``UploadRejected`` for a file
+    refused as a whole (empty: 400, over ``SIFT_MAX_UPLOAD_BYTES``: 413, malformed: 400), and
+    ``NotDurable`` (503 / retry later) after storing a report that says so.
+    """
+    size = f.seek(0, 2)
+    f.seek(0)
+
+    def reject(error: str, status_code: int, fmt: Format | None = None) -> UploadRejected:
+        return reject_file(store, cfg, basis=basis, source_key=source_key, fmt=fmt, error=error,
+                           status_code=status_code)
+
+    if (refused := size_error(size, settings)) is not None:
+        raise reject(*refused)
+    if copy_raw:
+        store.upload_stream(source_key, KeepOpen(f))
+        f.seek(0)
+    fmt: Format | None = None
+    try:
+        fmt = detect_format(filename, f.read(SNIFF_BYTES))
+        report = process_file(f, fmt, cfg, publisher, basis=basis, source_key=source_key,
+                              limits=RowLimits.from_settings(settings), progress=progress)
+    except MalformedFile as exc:
+        raise reject(str(exc), 400, fmt) from exc
+    except NotDurable as exc:
+        error = (f"not accepted, retry the same file later (rows that got through keep their event ids and are "
+                 f"deduped): {exc}")
+        _store_report(store, rejected_report(cfg, basis=basis, source_key=source_key, fmt=fmt, error=error),
+                      best_effort=True)
+        raise NotDurable(error) from exc
+    _store_report(store, report)
+    return report

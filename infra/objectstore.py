@@ -1,16 +1,29 @@
-"""S3 access through boto3 (SigV4, path-style), the only durable store besides MLflow and Label Studio."""
+"""S3 access through boto3 (SigV4, path-style), the only durable store besides MLflow and Label Studio.
+
+Every call is bounded: connect / read timeouts and a small attempt budget from settings
+(``SIFT_S3_CONNECT_TIMEOUT_S``, ``SIFT_S3_READ_TIMEOUT_S``, ``SIFT_S3_MAX_ATTEMPTS``). boto3's
+defaults (60 s each, no overall bound) let one hung S3 node hold a request thread for minutes.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import IO, Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    etag: str  # without quotes; changes when the object is overwritten
+    size: int
 
 
 class ObjectStore:
@@ -26,7 +39,9 @@ class ObjectStore:
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"max_attempts": s.s3_max_attempts, "mode": "standard"},
+                connect_timeout=s.s3_connect_timeout_s,
+                read_timeout=s.s3_read_timeout_s,
                 max_pool_connections=32,
             ),
         )
@@ -80,6 +95,18 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 yield item["Key"]
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Keys under ``prefix`` with their ETag and size (one listing, no HEAD per object)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(item["Key"], item.get("ETag", "").strip('"'), int(item.get("Size", 0)))
+
+    def download_to(self, key: str, fileobj: IO[bytes]) -> None:
+        """Stream an object into a writable file (multipart, bounded memory); leaves it at its start."""
+        self.client.download_fileobj(self.bucket, key, fileobj)
+        fileobj.seek(0)
 
     def upload_stream(self, key: str, fileobj: Any) -> None:
         """Multipart upload from a file-like object: memory stays bounded for large files."""

@@ -17,11 +17,19 @@ per request would cost latency.
 every event is acked by the broker (acks=all) or committed to the SQLite spool, and raises
 ``NotDurable`` when neither happened, so an API can answer 2xx only for feedback that will reach
 the review queue (or the dead-letter topic) even if the process is SIGKILLed right after.
+
+Poison events never block: an event the broker can never take — larger than
+``settings.kafka_max_record_bytes`` (checked before it reaches the producer, so also while the
+broker is down), refused by the producer or the broker as too large / invalid, or not even
+serialisable — is replaced by a bounded ``DeadLetter`` naming the reason, which then travels like
+any other record (acked or spooled). Before this rule, one 2 MB event spooled as "broker down"
+stopped the drain at that row, and every later event of the replica stayed in the spool.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -29,10 +37,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from kafka import errors as kafka_errors
 from pydantic import BaseModel
 
 from infra.bus import Bus
-from infra.events import Event
+from infra.events import TOPIC_DEAD_LETTER, DeadLetter, Event
 from infra.settings import Settings
 from infra.spool import Spool, SpooledRecord
 
@@ -46,6 +55,26 @@ class NotDurable(RuntimeError):
 class DurableOutcome(BaseModel):
     acked: int  # acked by the broker
     spooled: int  # committed to the spool (delivered later, same event_id)
+    dead_lettered: int = 0  # could never be delivered; their DeadLetter is acked or spooled instead
+
+
+# producer / broker errors that no retry can fix: the record goes to the dead-letter topic
+NON_RETRIABLE = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.CorruptRecordError,
+    kafka_errors.InvalidRequestError,
+    kafka_errors.UnsupportedForMessageFormatError,
+    TypeError,
+    ValueError,
+)
+# the original payload kept in a DeadLetter: enough to see what it was, far under any record limit
+DEAD_LETTER_PAYLOAD_CHARS = 64 * 1024
+
+
+def non_retriable(exc: BaseException) -> bool:
+    return isinstance(exc, NON_RETRIABLE)
 
 
 # part of publish_durable's timeout kept for the spool write when the broker does not ack in time
@@ -57,6 +86,7 @@ class PublisherStats(BaseModel):
     spooled: int  # written to the spool by this process
     redelivered: int  # spool rows acked by the broker (counted in `sent` too)
     dropped: int  # could not even be spooled (disk failure) — should stay 0
+    dead_lettered: int  # could never be delivered; sent to the dead-letter topic instead
     pending: int  # queued + in flight + rows in the spool
     spool_rows: int
     broker_up: bool
@@ -89,7 +119,8 @@ class EventPublisher:
         self._producer: Any = None
         self._up = False
         self._closing = threading.Event()
-        self._sent = self._spooled = self._redelivered = self._dropped = 0
+        self._sent = self._spooled = self._redelivered = self._dropped = self._dead_lettered = 0
+        self._max_record_bytes = settings.kafka_max_record_bytes
         self._counter_lock = threading.Lock()
         self._spool_rows = len(self.spool)
         self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
@@ -98,12 +129,45 @@ class EventPublisher:
     # ---- caller side -------------------------------------------------------------------------
 
     def _record(self, short_topic: str, event: Event) -> SpooledRecord:
-        return SpooledRecord(
-            topic=self.bus.topic(short_topic),
-            key=event.key(),
-            value=event.to_bytes(),
-            event_id=getattr(event, "event_id", None),
+        """The record for ``event``, or its DeadLetter when it is unserialisable or too large."""
+        topic = self.bus.topic(short_topic)
+        event_id = getattr(event, "event_id", None)
+        try:
+            value = event.to_bytes()
+        except Exception as exc:  # e.g. a lone surrogate in a text: no retry will serialise it
+            payload = json.dumps(event.model_dump(mode="python"), default=str, ensure_ascii=True)
+            return self._dead_letter(SpooledRecord(topic=topic, key=event.key(), value=payload.encode(),
+                                                   event_id=event_id),
+                                     f"unserialisable: {type(exc).__name__}: {exc}")
+        record = SpooledRecord(topic=topic, key=event.key(), value=value, event_id=event_id)
+        return self._checked(record)
+
+    def _checked(self, record: SpooledRecord) -> SpooledRecord:
+        """``record``, or its DeadLetter when it is over the record size limit."""
+        size = len(record.value) + len(record.key or b"")
+        if size > self._max_record_bytes:
+            return self._dead_letter(record, f"too large: {size} bytes, the limit is {self._max_record_bytes} "
+                                             "(SIFT_KAFKA_MAX_RECORD_BYTES)")
+        return record
+
+    def _dead_letter(self, record: SpooledRecord, reason: str) -> SpooledRecord:
+        """A bounded DeadLetter record standing in for ``record``, which can never be delivered."""
+        self._count(dead_lettered=1)
+        log.error("event %s for %s cannot be delivered (%s): dead-lettered", record.event_id, record.topic, reason)
+        text = record.value.decode("utf-8", errors="replace")
+        if len(text) > DEAD_LETTER_PAYLOAD_CHARS:
+            reason += f"; payload cut to its first {DEAD_LETTER_PAYLOAD_CHARS} of {len(text)} characters"
+            text = text[:DEAD_LETTER_PAYLOAD_CHARS]
+        try:
+            classifier = (record.key or b"unknown").decode()
+        except UnicodeDecodeError:
+            classifier = "unknown"
+        dl = DeadLetter(
+            event_id=record.event_id or DeadLetter.model_fields["event_id"].get_default(call_default_factory=True),
+            classifier=classifier, original_topic=record.topic, payload=text, error=reason[:4000],
         )
+        return SpooledRecord(topic=self.bus.topic(TOPIC_DEAD_LETTER), key=dl.key(), value=dl.to_bytes(),
+                             event_id=dl.event_id)
 
     def publish_durable(self, short_topic: str, events: Event | Sequence[Event], *,
                         timeout: float = 5.0) -> DurableOutcome:
@@ -121,6 +185,8 @@ class EventPublisher:
         records = [self._record(short_topic, ev) for ev in batch]
         if not records:
             return DurableOutcome(acked=0, spooled=0)
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
+        dead = 0 if short_topic == TOPIC_DEAD_LETTER else sum(r.topic == dl_topic for r in records)
         deadline = time.monotonic() + timeout
         producer = self._producer
         pending = records
@@ -129,23 +195,35 @@ class EventPublisher:
         if producer is not None and self._up and not self._closing.is_set():
             futures: list[tuple[SpooledRecord, Any]] = []
             unsent: list[SpooledRecord] = []
-            for i, r in enumerate(records):
+            queue_ = list(records)
+            while queue_:
+                r = queue_.pop(0)
                 try:
                     futures.append((r, producer.send(r.topic, r.value, key=r.key)))
-                except Exception as exc:  # metadata or buffer wait ran out: the broker is not there
-                    why = f"send failed: {exc!r}"
-                    unsent = records[i:]
+                except Exception as exc:
+                    if non_retriable(exc) and r.topic != dl_topic:  # this record only: its DeadLetter instead
+                        queue_.insert(0, self._dead_letter(r, f"refused by the producer: {exc!r}"))
+                        dead += 1
+                        continue
+                    why = f"send failed: {exc!r}"  # metadata or buffer wait ran out: the broker is not there
+                    unsent = [r, *queue_]
                     break
             failed: list[SpooledRecord] = []
+            broker_trouble = False
             for r, f in futures:
                 try:
                     f.get(timeout=max(0.0, deadline - SPOOL_RESERVE_S - time.monotonic()))
                     acked += 1
                 except Exception as exc:
+                    if non_retriable(exc) and r.topic != dl_topic:  # refused by the broker: spool its DeadLetter
+                        failed.append(self._dead_letter(r, f"refused by the broker: {exc!r}"))
+                        dead += 1
+                        continue
                     why = f"no ack: {exc!r}"
                     failed.append(r)
+                    broker_trouble = True
             pending = failed + unsent
-            if pending:
+            if broker_trouble or unsent:
                 self._up = False  # next calls go straight to the spool until the sender sees the broker
         if pending:
             try:
@@ -160,7 +238,7 @@ class EventPublisher:
                 ) from exc
             self._count(spooled=len(pending), spool_rows=len(pending))
         self._count(sent=acked)
-        return DurableOutcome(acked=acked, spooled=len(pending))
+        return DurableOutcome(acked=acked, spooled=len(pending), dead_lettered=dead)
 
     def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None:
         """Queue the event for the broker; never raises for the broker.
@@ -200,6 +278,7 @@ class EventPublisher:
             inflight = len(self._inflight)
         return PublisherStats(
             sent=self._sent, spooled=self._spooled, redelivered=self._redelivered, dropped=self._dropped,
+            dead_lettered=self._dead_lettered,
             pending=self._queue.qsize() + inflight + self._spool_rows, spool_rows=self._spool_rows,
             broker_up=self._up,
         )
@@ -292,32 +371,55 @@ class EventPublisher:
             self._inflight_room.notify()
         if record is None:
             return  # already spooled by close()
+        if non_retriable(exc) and record.topic != self.bus.topic(TOPIC_DEAD_LETTER):
+            self._to_spool([self._dead_letter(record, f"refused: {exc!r}")])  # the broker is fine: keep _up
+            return
         self._up = False
         log.warning("event %s not delivered (%s); spooled", record.event_id, exc)
         self._to_spool([record])
 
     def _drain_once(self, batch: int = 500) -> bool:
-        """Send the oldest spool rows and wait for their acks; True when all of them made it."""
+        """Send the oldest spool rows and wait for their acks; True when all of them made it.
+
+        A row the producer or broker refuses for good is replaced by its DeadLetter (spooled, then
+        the row removed), so the drain goes around it instead of stopping there forever.
+        """
         rows = self.spool.peek(batch)
         if not rows:
             with self._counter_lock:
                 self._spool_rows = 0
             return True
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
         futures = []
         for r in rows:
+            out = self._checked(r) if r.topic != dl_topic else r
             try:
-                futures.append((r, self._producer.send(r.topic, r.value, key=r.key)))
-            except Exception:
-                break
+                futures.append((r, out, self._producer.send(out.topic, out.value, key=out.key)))
+            except Exception as exc:
+                if not non_retriable(exc) or out.topic == dl_topic:
+                    break
+                futures.append((r, None, exc))
         done: list[int] = []
-        for r, f in futures:
+        replaced: list[SpooledRecord] = []
+        for r, out, f in futures:
+            assert r.seq is not None
             try:
+                if out is None:
+                    raise f
                 f.get(timeout=30)
-                assert r.seq is not None
                 done.append(r.seq)
-            except Exception:
-                break
+            except Exception as exc:
+                if not non_retriable(exc) or r.topic == dl_topic:
+                    break
+                replaced.append(self._dead_letter(r, f"refused: {exc!r}"))
+                done.append(r.seq)
+        if replaced:
+            self.spool.append(replaced)  # before the rows go: a crash in between repeats the DeadLetter only
         self.spool.remove(done)
+        delivered = len(done) - len(replaced)
+        self._count(sent=delivered, redelivered=delivered)
+        self._spool_rows = len(self.spool)
+        return len(done) == len(rows)
         self._count(sent=len(done), redelivered=len(done))
         self._spool_rows = len(self.spool)
         return len(done) == len(rows)

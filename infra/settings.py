@@ -29,6 +29,17 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:19092"
     topic_prefix: str = "sift."
+    # an event larger than this (key + value) goes to the dead-letter topic instead: under the
+    # producer's max_request_size (1 MiB) and Kafka's default message.max.bytes, with room for framing
+    kafka_max_record_bytes: int = Field(default=1_000_000, ge=1024)
+
+    # client timeouts and bounded retries: a hung store fails a request instead of holding it forever
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0)
+    s3_read_timeout_s: float = Field(default=30.0, gt=0)
+    s3_max_attempts: int = Field(default=3, ge=1)
+    mlflow_timeout_s: float = Field(default=30.0, gt=0)
+    mlflow_max_retries: int = Field(default=3, ge=0)
+    label_studio_timeout_s: float = Field(default=30.0, gt=0)
 
     # MLflow tracking + registry
     mlflow_tracking_uri: str = "http://127.0.0.1:15000"
@@ -48,6 +59,11 @@ class Settings(BaseSettings):
     # request limits
     max_text_chars: int = Field(default=10_000, ge=1)
     max_batch_texts: int = Field(default=64, ge=1)
+    # batch feedback uploads (API and drop folder): per row, and per file
+    max_label_chars: int = Field(default=64, ge=1)  # labels and predicted labels (classifier labels are <= 64)
+    max_upload_line_bytes: int = Field(default=256 * 1024, ge=1024)  # one JSONL line / CSV row, before parsing
+    max_upload_json_depth: int = Field(default=8, ge=2)  # nesting of one row's JSON value
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # a whole file
 
     # serving engine
     batch_max_size: int = Field(default=32, ge=1)
