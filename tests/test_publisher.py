@@ -16,6 +16,7 @@ from infra.events import ReviewRequest
 from infra.local.procs import LOOPBACK, free_port
 from infra.publisher import EventPublisher
 from infra.settings import Settings
+from infra.spool import Spool, SpooledRecord
 from tests.bus_helpers import isolated, read_topic, wait_until
 from tests.services import KafkaService
 
@@ -142,3 +143,73 @@ def test_broker_killed_while_publishing_every_event_arrives_once_after_dedupe(
     assert stats.spooled > 0 and stats.redelivered == stats.spooled
     assert max(latencies) < 0.25, f"publish blocked for {max(latencies):.3f}s"
     print(f"accepted={len(accepted)} raw={len(ids)} duplicates={len(ids) - len(set(ids))} {stats}")
+
+
+def _big(i: int) -> ReviewRequest:
+    return ReviewRequest(event_id=f"big-{i}", classifier="news", text="x" * 2_000_000, source="batch_feedback")
+
+
+@pytest.mark.parametrize("limit", ["sift", "producer"])
+def test_oversized_event_is_dead_lettered_and_never_blocks_the_others(sift_settings: Settings, limit: str) -> None:
+    """'sift': our own size check (works with the broker down too); 'producer': the check lifted, so
+    kafka-python's max_request_size refuses the record (Tansu itself took 20 MB records in a probe)."""
+    settings = isolated(sift_settings)
+    if limit == "producer":
+        settings = settings.model_copy(update={"kafka_max_record_bytes": 64 * 1024 * 1024})
+    pub = EventPublisher(settings)
+    try:
+        assert wait_until(lambda: pub.stats().broker_up, 30)
+        outcome = pub.publish_durable("review-requests", [_ev(0), _big(0), _ev(1)], timeout=15)
+        assert (outcome.spooled, outcome.dead_lettered) == (0, 1), outcome
+        pub.publish("review-requests", _big(1))  # fire-and-forget path: same rule
+        pub.publish("review-requests", _ev(2))
+        assert pub.flush(30), pub.stats()
+        assert pub.stats().dead_lettered == 2 and pub.stats().spool_rows == 0
+    finally:
+        pub.close()
+    got = read_topic(settings, "review-requests", expect=3)
+    assert sorted(e.text for e in got) == ["t0", "t1", "t2"]
+    dead = read_topic(settings, "dead-letter", expect=2)
+    assert sorted(d.event_id for d in dead) == ["big-0", "big-1"]
+    for d in dead:
+        assert d.original_topic == settings.topic_prefix + "review-requests" and d.classifier == "news"
+        assert ("too large" if limit == "sift" else "MessageSizeTooLargeError") in d.error
+        assert len(d.payload) == 64 * 1024 and "payload cut" in d.error
+
+
+@pytest.mark.parametrize("limit", ["sift", "producer"])
+def test_spool_drains_around_an_oversized_row(sift_settings: Settings, limit: str) -> None:
+    """A spool that already holds a too-large row ahead of good ones (written while the broker was
+    down, or by a version before this rule) delivers the good ones and dead-letters the big one."""
+    settings = isolated(sift_settings)
+    if limit == "producer":
+        settings = settings.model_copy(update={"kafka_max_record_bytes": 64 * 1024 * 1024})
+    topic = settings.topic_prefix + "review-requests"
+    spool = Spool(settings.spool_dir)
+    spool.append([SpooledRecord(topic, b"news", ev.to_bytes(), ev.event_id) for ev in (_ev(0), _big(0), _ev(1))])
+    spool.close()
+    pub = EventPublisher(settings)
+    try:
+        assert pub.flush(60), pub.stats()
+        assert pub.stats().dead_lettered == 1
+    finally:
+        pub.close()
+    assert [e.text for e in read_topic(settings, "review-requests", expect=2)] == ["t0", "t1"]
+    [dead] = read_topic(settings, "dead-letter", expect=1)
+    assert dead.event_id == "big-0"
+
+
+def test_unserialisable_event_is_dead_lettered_not_raised(sift_settings: Settings) -> None:
+    settings = isolated(sift_settings)
+    pub = EventPublisher(settings)
+    try:
+        bad = ReviewRequest(event_id="surrogate", classifier="news", text="bad \ud800", source="user_feedback")
+        outcome = pub.publish_durable("review-requests", [bad, _ev(0)], timeout=15)
+        assert outcome.dead_lettered == 1
+        assert pub.flush(30), pub.stats()
+    finally:
+        pub.close()
+    assert [e.text for e in read_topic(settings, "review-requests", expect=1)] == ["t0"]
+    [dead] = read_topic(settings, "dead-letter", expect=1)
+    assert dead.event_id == "surrogate" and dead.error.startswith("unserialisable")
+    assert "\\ud800" in dead.payload
