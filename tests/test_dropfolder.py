@@ -1,5 +1,6 @@
 """S3 drop folder on the real S3 server and broker: files become events once, reports land next to
-them, markers survive a worker restart, re-uploads are ingested again, bad files get a report."""
+them, markers survive a worker restart, re-uploads are ingested again, bad files get a report, and a
+file that fails as a whole is marked failed instead of being retried on every poll."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import threading
 import uuid
 
 import pytest
+from botocore.exceptions import ClientError
 
-from feedback.dropfolder import DropFolder, marker_key, run_dropfolder_worker
+from feedback.dropfolder import MAX_ATTEMPTS, DropFolder, marker_key, run_dropfolder_worker
 from infra.objectstore import ObjectStore
 from infra.publisher import EventPublisher
 from infra.settings import Settings
@@ -84,3 +86,45 @@ def test_worker_loop_picks_up_new_files_until_stopped(env) -> None:  # noqa: ANN
     assert not t.is_alive()
     events = read_topic(settings, "review-requests", expect=1)
     assert [(e.text, e.verdict) for e in events] == [("Late goal", "dislike")]
+
+
+def test_hostile_file_gets_its_report_once_and_is_not_retried(env) -> None:  # noqa: ANN001
+    settings, store, name, publisher = env
+    deep = f"feedback-uploads/{name}/deep.jsonl"
+    store.put_bytes(deep, b'{"text": "Cup final"}\n' + b"[" * 200_000 + b"\n")
+    folder = DropFolder(settings, publisher)
+    [report] = folder.run_once()
+    assert (report.status, report.rows_accepted, report.rejected[0].reason) == (
+        "done", 1, "JSON nested deeper than 8 levels")
+    assert store.get_json(marker_key(name, deep))["status"] == "done"
+    assert DropFolder(settings, publisher).run_once() == []
+
+
+def test_file_over_the_cap_is_marked_failed_without_reading_it(env) -> None:  # noqa: ANN001
+    settings, store, name, publisher = env
+    key = f"feedback-uploads/{name}/huge.csv"
+    store.put_bytes(key, b"text\n" + b"row\n" * 1000)
+    small = settings.model_copy(update={"max_upload_bytes": 1024})
+    [report] = DropFolder(small, publisher).run_once()
+    assert report.status == "rejected" and "the limit is 1024 (SIFT_MAX_UPLOAD_BYTES)" in (report.error or "")
+    assert store.get_json(key + ".report.json")["status"] == "rejected"
+    marker = store.get_json(marker_key(name, key))
+    assert (marker["status"], marker["report_key"]) == ("failed", key + ".report.json")
+    assert DropFolder(small, publisher).run_once() == []  # a restarted worker leaves it alone too
+
+
+def test_file_that_keeps_failing_is_marked_failed_after_max_attempts(env) -> None:  # noqa: ANN001
+    settings, store, name, publisher = env
+    key = f"feedback-uploads/{name}/vanished.csv"
+    store.put_bytes(key, b"text\nCup final\n")
+    folder = DropFolder(settings, publisher)
+    [item] = folder.pending(TenantStore(store).require(name))
+    store.delete(key)  # gone between the listing and the download: every attempt fails the same way
+    cfg = TenantStore(store).require(name)
+    for attempt in range(1, MAX_ATTEMPTS):
+        with pytest.raises(ClientError):
+            folder.process(cfg, item.key, item.etag, item.size)
+        assert store.get_json(marker_key(name, key))["attempts"] == attempt
+    report = folder.process(cfg, item.key, item.etag, item.size)
+    assert report.status == "rejected" and report.error.startswith(f"failed {MAX_ATTEMPTS} times: ClientError")
+    assert store.get_json(marker_key(name, key))["status"] == "failed"
