@@ -77,6 +77,9 @@ class ClassifierConfig(BaseModel):
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
     review_window: int = Field(default=50, ge=1, le=10_000, description="open Label Studio tasks kept queued")
     label_studio_project_id: int | None = None
+    # Label Studio sends it with every webhook of this classifier's project; None: SIFT_WEBHOOK_SECRET.
+    # Rotated by `sift review rotate-webhook-secret` / POST /v1/admin/classifiers/{name}/webhook-secret
+    webhook_secret: str | None = Field(default=None, repr=False)
     api_keys: list[ApiKeyRecord] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)

@@ -45,3 +45,21 @@ def provision_cmd(name: str = typer.Argument(..., help="classifier name")) -> No
     settings = get_settings()
     tenants = TenantStore(ObjectStore(settings))
     typer.echo(f"project {ensure_project(settings, tenants, tenants.require(name))}")
+
+
+@app.command("rotate-webhook-secret")
+def rotate_webhook_secret_cmd(name: str = typer.Argument(..., help="classifier name")) -> None:
+    """Give the classifier a new webhook secret and re-register its Label Studio webhook with it."""
+    from infra.objectstore import ObjectStore
+    from infra.settings import get_settings
+    from infra.tenants import NotFound, TenantStore
+    from review.labelstudio import rotate_webhook_secret
+
+    settings = get_settings()
+    try:
+        updated = rotate_webhook_secret(settings, TenantStore(ObjectStore(settings)), name)
+    except NotFound as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo("rotated" if updated else "rotated; Label Studio is unreachable: the review worker will "
+               "re-register the webhook (until then webhooks are refused and reconciliation collects)")

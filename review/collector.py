@@ -8,9 +8,14 @@ record, and a reviewer who changes their answer produces a new one (the latest w
 
 Per finished review, in this order:
 1. ``datasets/<classifier>/reviewed/<reviewed-at>-<event-id>.jsonl`` (immutable, one per append);
-2. a ``reviewed-labels`` event;
+2. a ``reviewed-labels`` event, published durably (acked or spooled; ``publish`` raises otherwise);
 3. the marker ``review/<classifier>/collected/<event-id>`` that makes later deliveries no-ops.
 A crash between steps repeats them on the next delivery; readers dedupe by event id.
+
+Nothing from Label Studio is trusted as is: a label that is not one of the classifier's labels is
+refused (counted in ``sift_review_labels_refused_total``, never stored: one would end every later
+retrain in ``data_rejected``), and a review time in the future is clamped to now (a far-future
+``updated_at`` would otherwise win "latest review" for its text forever).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import Counter
 from pydantic import BaseModel
 
 from infra.bus import Bus
@@ -35,6 +41,9 @@ from review.labelstudio import FinishedAnnotation, LabelStudioUnavailable, Revie
 log = logging.getLogger(__name__)
 
 Publish = Callable[[ReviewedLabel], None]
+
+REFUSED = Counter("sift_review_labels_refused_total", "reviews refused before they were stored",
+                  ["classifier", "reason"])
 
 RECONCILE_OVERLAP = timedelta(minutes=10)  # tolerate clock skew between Label Studio and us
 FULL_SCAN_EVERY = 20  # passes; catches edits that did not move a task's updated_at
@@ -67,8 +76,17 @@ def reviewed_event(classifier: str, ann: FinishedAnnotation) -> ReviewedLabel | 
         predicted_label=data.get("predicted_label"),
         prediction_id=data.get("prediction_id"),
         model_version=data.get("model_version"),
-        reviewed_at=ann.updated_at or datetime.now(UTC),
+        reviewed_at=_not_after_now(ann.updated_at),
     )
+
+
+def _not_after_now(when: datetime | None) -> datetime:
+    now = datetime.now(UTC)
+    if when is None:
+        return now
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(when, now)
 
 
 class ReconcileReport(BaseModel):
@@ -88,16 +106,32 @@ class Collector:
         self.tenants = tenants
         self.publish = publish
         self.projects = projects or ReviewProjects.from_settings(settings)
+        self._refused: set[str] = set()  # event ids already counted (reconciliation sees them again)
 
     def collected_ids(self, classifier: str) -> set[str]:
         p = _collected_prefix(classifier)
         return {k[len(p):] for k in self.store.list_keys(p)}
 
-    def record(self, classifier: str, ann: FinishedAnnotation, known: set[str] | None = None) -> bool:
-        """Write one finished review (dataset file, event, marker); False if already recorded."""
+    def record(self, classifier: str, ann: FinishedAnnotation, known: set[str] | None = None,
+               labels: list[str] | None = None) -> bool:
+        """Write one finished review (dataset file, event, marker); False if already recorded or refused.
+
+        ``labels``: the classifier's labels (read from its config when not given).
+        """
         event = reviewed_event(classifier, ann)
         if event is None:
             return False
+        if event.label is not None:
+            if labels is None:
+                cfg = self.tenants.get(classifier)
+                labels = cfg.labels if cfg is not None else []
+            if event.label not in labels:
+                if event.event_id not in self._refused:
+                    self._refused.add(event.event_id)
+                    REFUSED.labels(classifier, "unknown_label").inc()
+                log.warning("review of task %s in %s refused: label %r is not one of the classifier's",
+                            ann.task_id, classifier, event.label[:100])
+                return False
         marker = _collected_prefix(classifier) + event.event_id
         done = (event.event_id in known) if known is not None else self.store.exists(marker)
         if done:
@@ -138,7 +172,7 @@ class Collector:
         if ann.reviewer is None and ann.reviewer_id is not None:
             with contextlib.suppress(LabelStudioUnavailable):
                 ann.reviewer = self.projects.user_email(ann.reviewer_id)
-        return self.record(cfg.name, ann)
+        return self.record(cfg.name, ann, labels=cfg.labels)
 
     def reconcile(self, classifier: str, *, full: bool = False) -> ReconcileReport:
         """Read finished tasks through the API and record whatever is missing.
@@ -165,7 +199,7 @@ class Collector:
                 continue
             for ann in self.projects.annotations(task):
                 report.annotations_seen += 1
-                report.recorded += self.record(classifier, ann, known)
+                report.recorded += self.record(classifier, ann, known, labels=cfg.labels)
         self.store.put_json(state_key, {"watermark": began.isoformat()})
         report.seconds = round(time.monotonic() - started, 3)
         return report

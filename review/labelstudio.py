@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -147,7 +148,7 @@ class ReviewProjects:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReviewProjects:
-        return cls(settings.label_studio_url, settings.label_studio_token)
+        return cls(settings.label_studio_url, settings.label_studio_token, timeout=settings.label_studio_timeout_s)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Map transport failures and 5xx to LabelStudioUnavailable (retryable); 4xx propagate.
@@ -352,6 +353,32 @@ class ReviewProjects:
         return self._users[user_id]
 
 
+def webhook_secret_of(settings: Settings, cfg: ClassifierConfig | None) -> str:
+    """The secret this classifier's webhooks carry: its own, else the deployment-wide one."""
+    return (cfg.webhook_secret if cfg is not None else None) or settings.webhook_secret
+
+
+def rotate_webhook_secret(settings: Settings, tenants: TenantStore, name: str,
+                          projects: ReviewProjects | None = None) -> bool:
+    """Give the classifier a fresh webhook secret and re-register its webhook with it.
+
+    The new secret is saved first: until Label Studio has it, webhooks arrive with the old one and
+    are refused (403); the reconciliation pass collects those reviews. Returns False when Label
+    Studio could not be updated now (the review worker's ``ensure_project`` retries it).
+    """
+    cfg = tenants.require(name)
+    cfg.webhook_secret = secrets.token_urlsafe(32)
+    tenants.save(cfg)
+    if cfg.label_studio_project_id is None:
+        return True
+    try:
+        ensure_project(settings, tenants, cfg, projects)
+    except LabelStudioUnavailable:
+        log.warning("webhook secret of %s rotated; Label Studio not updated yet", name)
+        return False
+    return True
+
+
 def ensure_project(settings: Settings, tenants: TenantStore, cfg: ClassifierConfig,
                    projects: ReviewProjects | None = None) -> int:
     """Provision the classifier's review project and webhook; store the id in its config.
@@ -361,7 +388,8 @@ def ensure_project(settings: Settings, tenants: TenantStore, cfg: ClassifierConf
     """
     projects = projects or ReviewProjects.from_settings(settings)
     project_id = projects.provision_project(cfg)
-    projects.ensure_webhook(project_id, settings.public_api_url.rstrip("/") + WEBHOOK_PATH, settings.webhook_secret)
+    projects.ensure_webhook(project_id, settings.public_api_url.rstrip("/") + WEBHOOK_PATH,
+                            webhook_secret_of(settings, cfg))
     if cfg.label_studio_project_id != project_id:
         fresh = tenants.get(cfg.name) or cfg
         fresh.label_studio_project_id = project_id

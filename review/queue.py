@@ -195,7 +195,8 @@ class ReviewQueue:
         self.store = store
         self.tenants = tenants
         self.projects = projects or ReviewProjects.from_settings(settings)
-        self._verified: set[tuple[str, int]] = set()
+        # (classifier, project, webhook secret) provisioned: a rotated secret re-registers the webhook
+        self._verified: set[tuple[str, int, str | None]] = set()
 
     # ---- durable records ------------------------------------------------------------------------
 
@@ -301,9 +302,9 @@ class ReviewQueue:
 
     def _project(self, cfg: ClassifierConfig) -> int:
         pid = cfg.label_studio_project_id
-        if pid is None or (cfg.name, pid) not in self._verified:
+        if pid is None or (cfg.name, pid, cfg.webhook_secret) not in self._verified:
             pid = ensure_project(self.settings, self.tenants, cfg, self.projects)
-            self._verified.add((cfg.name, pid))
+            self._verified.add((cfg.name, pid, cfg.webhook_secret))
         return pid
 
     def refill(self, cfg: ClassifierConfig) -> int:
