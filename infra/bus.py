@@ -150,6 +150,7 @@ def run_consumer(
     backoff_s: float = 0.2,
     max_backoff_s: float = 5.0,
     poll_timeout_ms: int = 500,
+    attempts: dict[tuple[TopicPartition, int], int] | None = None,
 ) -> None:
     """Consume until ``stop`` is set: parse, handle, then commit that record's offset alone.
 
@@ -160,9 +161,12 @@ def run_consumer(
       fails one record cannot block its partition forever.
 
     Commits are synchronous per record: at-least-once with the smallest redelivery window.
+    A caller that stops and restarts the loop (the review worker, every tick) passes its own
+    ``attempts`` dict, so the count of a failing record survives the restart and the dead-letter
+    rule still fires.
     """
     dl_topic = topic_prefix + TOPIC_DEAD_LETTER
-    attempts: dict[tuple[TopicPartition, int], int] = {}
+    attempts = {} if attempts is None else attempts
     failures = 0
 
     def short(topic: str) -> str:

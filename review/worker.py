@@ -14,6 +14,7 @@ import time
 
 from kafka import KafkaConsumer
 from kafka.partitioner.default import murmur2
+from kafka.structs import TopicPartition
 
 from infra.bus import Bus, TransientError
 from infra.events import TOPIC_REVIEW_REQUESTS, Event, ReviewRequest
@@ -81,13 +82,17 @@ def run_review_worker(settings: Settings, stop: threading.Event, *, tick_s: floa
     dead_letters = bus.producer()
     handler = make_handler(queue)
     topic = bus.topic(TOPIC_REVIEW_REQUESTS)
+    # kept across the per-tick restarts of the consumer loop: a fresh dict each tick reset the count
+    # of a failing record before it reached max_attempts, so a poison request was retried forever
+    attempts: dict[tuple[TopicPartition, int], int] = {}
     log.info("review worker started (group %s)", GROUP_ID)
     try:
         while not stop.is_set():
             round_stop = threading.Event()
             timer = threading.Thread(target=lambda ev=round_stop: (stop.wait(tick_s), ev.set()), daemon=True)
             timer.start()
-            bus.run_consumer(consumer, handler, stop=round_stop, dead_letter_producer=dead_letters)
+            bus.run_consumer(consumer, handler, stop=round_stop, dead_letter_producer=dead_letters,
+                             attempts=attempts)
             if stop.is_set():
                 break
             try:
