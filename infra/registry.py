@@ -29,6 +29,11 @@ def configure_mlflow(settings: Settings | None = None) -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", s.s3_access_key)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", s.s3_secret_key)
     os.environ.setdefault("AWS_DEFAULT_REGION", s.s3_region)
+    # bounded HTTP calls: MLflow's defaults are 120 s per request and 7 retries with backoff 2,
+    # minutes of a retrain worker or a model watcher stuck on a hung tracking server
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(s.mlflow_timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(s.mlflow_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
 
 
