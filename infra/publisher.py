@@ -41,7 +41,7 @@ from kafka import errors as kafka_errors
 from pydantic import BaseModel
 
 from infra.bus import Bus
-from infra.events import TOPIC_DEAD_LETTER, DeadLetter, Event
+from infra.events import TOPIC_DEAD_LETTER, DeadLetter, Event, new_id
 from infra.settings import Settings
 from infra.spool import Spool, SpooledRecord
 
@@ -163,7 +163,7 @@ class EventPublisher:
         except UnicodeDecodeError:
             classifier = "unknown"
         dl = DeadLetter(
-            event_id=record.event_id or DeadLetter.model_fields["event_id"].get_default(call_default_factory=True),
+            event_id=record.event_id or new_id(),
             classifier=classifier, original_topic=record.topic, payload=text, error=reason[:4000],
         )
         return SpooledRecord(topic=self.bus.topic(TOPIC_DEAD_LETTER), key=dl.key(), value=dl.to_bytes(),

@@ -127,6 +127,8 @@ class Collector:
                 labels = cfg.labels if cfg is not None else []
             if event.label not in labels:
                 if event.event_id not in self._refused:
+                    if len(self._refused) > 100_000:
+                        self._refused.clear()  # bounded; at worst a refusal is counted again
                     self._refused.add(event.event_id)
                     REFUSED.labels(classifier, "unknown_label").inc()
                 log.warning("review of task %s in %s refused: label %r is not one of the classifier's",
