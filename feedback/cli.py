@@ -73,7 +73,7 @@ def upload_to_drop_folder(name: str, path: Path, *, wait_s: float = 0.0, progres
     key = f"{prefix_for(name)}{time.strftime('%Y%m%dT%H%M%S')}-{safe_filename(path.name)}"
     with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"upload {path.name}",
               disable=not progress) as bar:
-        store.client.upload_file(str(path), store.bucket, key, Callback=bar.update)
+        store.upload_file(str(path), key, progress=bar.update)
     result: dict[str, Any] = {"source_key": key, "report_key": report_key(key)}
     deadline = time.monotonic() + wait_s
     while wait_s and time.monotonic() < deadline:

@@ -8,7 +8,7 @@ defaults (60 s each, no overall bound) let one hung S3 node hold a request threa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -107,6 +107,10 @@ class ObjectStore:
         """Stream an object into a writable file (multipart, bounded memory); leaves it at its start."""
         self.client.download_fileobj(self.bucket, key, fileobj)
         fileobj.seek(0)
+
+    def upload_file(self, path: str, key: str, progress: Callable[[int], Any] | None = None) -> None:
+        """Multipart upload of a local file; ``progress`` gets the bytes sent since its last call."""
+        self.client.upload_file(path, self.bucket, key, Callback=progress)
 
     def upload_stream(self, key: str, fileobj: Any) -> None:
         """Multipart upload from a file-like object: memory stays bounded for large files."""
