@@ -77,6 +77,12 @@ def non_retriable(exc: BaseException) -> bool:
     return isinstance(exc, NON_RETRIABLE)
 
 
+def refusal(exc: BaseException, by: str) -> str:
+    """A DeadLetter error whose first word is its kind (``too-large`` / ``refused``), as ops groups them."""
+    too_large = isinstance(exc, kafka_errors.MessageSizeTooLargeError | kafka_errors.RecordListTooLargeError)
+    return f"{'too-large' if too_large else 'refused'}: by {by}: {exc!r}"
+
+
 # part of publish_durable's timeout kept for the spool write when the broker does not ack in time
 SPOOL_RESERVE_S = 0.5
 
@@ -146,7 +152,7 @@ class EventPublisher:
         """``record``, or its DeadLetter when it is over the record size limit."""
         size = len(record.value) + len(record.key or b"")
         if size > self._max_record_bytes:
-            return self._dead_letter(record, f"too large: {size} bytes, the limit is {self._max_record_bytes} "
+            return self._dead_letter(record, f"too-large: {size} bytes, the limit is {self._max_record_bytes} "
                                              "(SIFT_KAFKA_MAX_RECORD_BYTES)")
         return record
 
@@ -202,7 +208,7 @@ class EventPublisher:
                     futures.append((r, producer.send(r.topic, r.value, key=r.key)))
                 except Exception as exc:
                     if non_retriable(exc) and r.topic != dl_topic:  # this record only: its DeadLetter instead
-                        queue_.insert(0, self._dead_letter(r, f"refused by the producer: {exc!r}"))
+                        queue_.insert(0, self._dead_letter(r, refusal(exc, "the producer")))
                         dead += 1
                         continue
                     why = f"send failed: {exc!r}"  # metadata or buffer wait ran out: the broker is not there
@@ -216,7 +222,7 @@ class EventPublisher:
                     acked += 1
                 except Exception as exc:
                     if non_retriable(exc) and r.topic != dl_topic:  # refused by the broker: spool its DeadLetter
-                        failed.append(self._dead_letter(r, f"refused by the broker: {exc!r}"))
+                        failed.append(self._dead_letter(r, refusal(exc, "the broker")))
                         dead += 1
                         continue
                     why = f"no ack: {exc!r}"
@@ -372,7 +378,7 @@ class EventPublisher:
         if record is None:
             return  # already spooled by close()
         if non_retriable(exc) and record.topic != self.bus.topic(TOPIC_DEAD_LETTER):
-            self._to_spool([self._dead_letter(record, f"refused: {exc!r}")])  # the broker is fine: keep _up
+            self._to_spool([self._dead_letter(record, refusal(exc, "Kafka"))])  # the broker is fine: keep _up
             return
         self._up = False
         log.warning("event %s not delivered (%s); spooled", record.event_id, exc)
@@ -411,7 +417,7 @@ class EventPublisher:
             except Exception as exc:
                 if not non_retriable(exc) or r.topic == dl_topic:
                     break
-                replaced.append(self._dead_letter(r, f"refused: {exc!r}"))
+                replaced.append(self._dead_letter(r, refusal(exc, "Kafka")))
                 done.append(r.seq)
         if replaced:
             self.spool.append(replaced)  # before the rows go: a crash in between repeats the DeadLetter only

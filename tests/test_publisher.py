@@ -173,7 +173,8 @@ def test_oversized_event_is_dead_lettered_and_never_blocks_the_others(sift_setti
     assert sorted(d.event_id for d in dead) == ["big-0", "big-1"]
     for d in dead:
         assert d.original_topic == settings.topic_prefix + "review-requests" and d.classifier == "news"
-        assert ("too large" if limit == "sift" else "MessageSizeTooLargeError") in d.error
+        assert d.error.startswith("too-large: ")
+        assert ("SIFT_KAFKA_MAX_RECORD_BYTES" if limit == "sift" else "MessageSizeTooLargeError") in d.error
         assert len(d.payload) == 64 * 1024 and "payload cut" in d.error
 
 
