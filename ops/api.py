@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from infra.http import Services, get_services, require_admin
-from ops.deadletters import DeadLetterEntry, DeadLetterGroup, DeadLetters
+from ops.deadletters import DeadLetterEntry, DeadLetterGroup, DeadLetters, NotReplayable
 
 router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -50,10 +50,14 @@ async def show_dead_letter(entry_id: str, services: Services = Depends(get_servi
     return entry
 
 
-@router.post("/replay", response_model=Done, responses={404: {"description": "no such dead letter"}})
+@router.post("/replay", response_model=Done, responses={404: {"description": "no such dead letter"},
+                                                        409: {"description": "a dead letter cannot be replayed"}})
 async def replay_dead_letters(sel: Selection, services: Services = Depends(get_services)) -> Done:
     dlq = DeadLetters(services.settings, services.store)
-    return Done(ids=await run_in_threadpool(lambda: dlq.replay(_select(dlq, sel))))
+    try:
+        return Done(ids=await run_in_threadpool(lambda: dlq.replay(_select(dlq, sel))))
+    except NotReplayable as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
 @router.post("/purge", response_model=Done, responses={404: {"description": "no such dead letter"}})

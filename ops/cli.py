@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from ops.deadletters import DeadLetterEntry, DeadLetters
+from ops.deadletters import DeadLetterEntry, DeadLetters, NotReplayable
 
 app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
 
@@ -60,7 +60,11 @@ def replay(
 ) -> None:
     """Send payloads back to their original topics once the cause is fixed (consumers dedupe by event id)."""
     dlq = _dlq()
-    done = dlq.replay(_select(dlq, ids or [], all_open, classifier))
+    try:
+        done = dlq.replay(_select(dlq, ids or [], all_open, classifier))
+    except NotReplayable as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
     typer.echo(json.dumps({"replayed": done}))
 
 

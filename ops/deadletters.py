@@ -47,6 +47,20 @@ class DeadLetterEntry(BaseModel):
     def summary(self) -> dict[str, object]:
         return self.model_dump(mode="json", exclude={"payload", "error"})
 
+    def why_not_replayable(self) -> str | None:
+        """A payload cut to fit the topic (too large) or with no known topic cannot be sent back as it is."""
+        if self.original_topic == "unknown":
+            return f"dead letter {self.id} names no original topic"
+        try:
+            json.loads(self.payload)
+        except ValueError:
+            return f"dead letter {self.id} holds no complete event (its payload was cut or is not JSON)"
+        return None
+
+
+class NotReplayable(ValueError):
+    pass
+
 
 class DeadLetterGroup(BaseModel):
     """Every dead letter of one original event: how often it failed, first and last seen."""
@@ -160,12 +174,14 @@ class DeadLetters:
     # ------------------------------------------------------------------ acting
     def replay(self, entries: Iterable[DeadLetterEntry]) -> list[str]:
         """Publish each payload to its original topic (acked), then mark it replayed; returns ids."""
+        entries = list(entries)
+        refused = [why for why in (e.why_not_replayable() for e in entries) if why]
+        if refused:
+            raise NotReplayable("; ".join(refused))
         producer = self.bus.producer()
         done = []
         try:
             for entry in entries:
-                if entry.original_topic == "unknown":
-                    raise ValueError(f"dead letter {entry.id} names no original topic; it cannot be replayed")
                 producer.send(entry.original_topic, entry.payload.encode(),
                               key=entry.classifier.encode()).get(timeout=15)
                 self._mark(entry.id, "replayed")
