@@ -158,7 +158,7 @@ def feedback_phases(settings: Settings, work: Path, args: argparse.Namespace) ->
 
     _, key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(name="bench-fb", labels=LABELS))
     port = free_port()
-    server = serve([sys.executable, "-m", "uvicorn", "--factory", "feedback.standalone:create_feedback_app",
+    server = serve([sys.executable, "-m", "uvicorn", "--factory", "sift.feedback_app:create_feedback_app",
                     "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"],
                    port, settings_env(settings), work / "feedback-api.log")
     out: dict = {}

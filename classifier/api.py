@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, model_validator
 
 from classifier import metrics
-from classifier.engine import ModelUnavailable, Scored, ServingEngine
+from classifier.engine import ModelUnavailable, Scored
 from classifier.routing import review_request_for
 from infra.events import TOPIC_REVIEW_REQUESTS
 from infra.http import Services, get_services, tenant_for_key
@@ -82,7 +82,10 @@ async def classify(
     try:
         texts = body.all_texts()
         validate_texts(texts, services.settings.max_text_chars, services.settings.max_batch_texts)
-        engine: ServingEngine = services.extras["engine"]
+        engine = services.engine
+        if engine is None:
+            status = "503"
+            raise HTTPException(503, "this process does not classify (no serving engine)")
         try:
             scored = await engine.classify(cfg.name, texts)
         except ModelUnavailable as exc:
@@ -102,12 +105,12 @@ async def classify(
 
 def _publish(services: Services, cfg: ClassifierConfig, text: str, s: Scored) -> Prediction:
     """Record the prediction and route a doubtful one to review; neither waits for I/O."""
-    predictions = services.extras.get("predictions")
+    predictions = services.predictions
     record = PredictionRecord(classifier=cfg.name, text=text, label=s.label, confidence=s.confidence,
                               scores=s.scores, model_version=s.model_version)
     prediction_id = predictions.record(record) if predictions is not None else uuid.uuid4().hex
     request = review_request_for(cfg, text, s.label, s.confidence, s.scores, s.model_version, prediction_id)
-    publisher = services.extras.get("publisher")
+    publisher = services.publisher
     if request is not None:
         metrics.LOW_CONFIDENCE.labels(cfg.name).inc()
         if publisher is not None:

@@ -229,13 +229,12 @@ def score_version(settings: Settings, classifier: str, version: str, test: list[
     ``/classify``: classifying the test set through the API would route its doubtful texts into
     the review queue, and a reviewer answering them would leak test labels into training.
     """
-    from infra.registry import ModelRef, Registry
+    from infra.registry import Registry
     from model.evaluate import evaluate
     from model.runtime import LoadedModel
 
     registry = Registry(settings)
-    mv = registry.client.get_model_version(Registry.model_name(classifier), version)
-    ref = ModelRef(classifier, str(mv.version), mv.run_id, mv.source, tuple(mv.aliases or []))
+    ref = registry.ref(classifier, version)
     report = evaluate(LoadedModel.load(registry.download(ref, cache_dir=cache)), test)
     return report.accuracy, report.macro_f1
 

@@ -1,7 +1,7 @@
 """Explicit feedback over HTTP: one like/dislike, or a batch file of texts to review.
 
 Both end in ``review-requests`` events published through the app's ``EventPublisher``
-(``services.extras["publisher"]``) with ``publish_durable``: a 2xx is answered only once every
+(``services.publisher``) with ``publish_durable``: a 2xx is answered only once every
 event is acked by the broker or committed to the local SQLite spool, so accepted feedback survives
 a broker outage *and* a SIGKILL of this process right after the response. When neither is possible
 the answer is 503 with the reason, and nothing is reported accepted. (Classify's low-confidence
@@ -12,7 +12,7 @@ Idempotency: an ``Idempotency-Key`` header fixes the event id(s), and consumers 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
 from pydantic import BaseModel, Field, model_validator
@@ -29,7 +29,7 @@ from feedback.uploads import (
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, new_id, stable_id
 from infra.http import Services, get_services, tenant_for_key
 from infra.predictions import PredictionRecord
-from infra.publisher import NotDurable
+from infra.publisher import EventPublisher, NotDurable
 from infra.tenants import ClassifierConfig
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ class FeedbackAccepted(BaseModel):
     status: Literal["accepted"] = "accepted"
 
 
-def _publisher(services: Services) -> Any:
-    publisher = services.extras.get("publisher")
+def _publisher(services: Services) -> EventPublisher:
+    publisher = services.publisher
     if publisher is None:
         raise HTTPException(503, "feedback is not available: this process has no event publisher")
     return publisher
@@ -80,7 +80,7 @@ def _check_label(cfg: ClassifierConfig, label: str, field: str) -> None:
 
 
 def _lookup(services: Services, cfg: ClassifierConfig, prediction_id: str) -> PredictionRecord | None:
-    store = services.extras.get("predictions")
+    store = services.predictions
     if store is None:
         return None
     try:

@@ -6,32 +6,59 @@ Error bodies are always ``{"detail": "<human readable reason>"}``.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fastapi import Depends, Header, HTTPException, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from infra.objectstore import ObjectStore
+from infra.predictions import PredictionStore
+from infra.publisher import EventPublisher
 from infra.settings import Settings
 from infra.tenants import NAME_RE, ClassifierConfig, TenantCache, TenantStore
 
 
+class Classifies(Protocol):
+    """What the classify route needs of the serving engine (``classifier.engine.ServingEngine``)."""
+
+    async def classify(self, classifier: str, texts: list[str]) -> list[Any]: ...
+
+
+class HandlesWebhooks(Protocol):
+    """What the review webhook needs of the collector (``review.collector.Collector``)."""
+
+    def handle_webhook(self, payload: dict) -> bool: ...
+
+
 @dataclass
 class Services:
-    """What a running API process shares between routers (stored on ``app.state.services``)."""
+    """What a running API process shares between routers (stored on ``app.state.services``).
+
+    Built once by the app factory (``sift/``); a part a process does not run stays None and the
+    route that needs it answers 503. Stage types appear as protocols: infra imports no stage.
+    """
 
     settings: Settings
     store: ObjectStore
     tenants: TenantStore
     tenant_cache: TenantCache
-    extras: dict[str, Any] = field(default_factory=dict)
+    publisher: EventPublisher | None = None
+    predictions: PredictionStore | None = None
+    engine: Classifies | None = None
+    review_collector: HandlesWebhooks | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Services:
+    def from_settings(cls, settings: Settings, **parts: Any) -> Services:
         store = ObjectStore(settings)
         tenants = TenantStore(store)
-        return cls(settings, store, tenants, TenantCache(tenants, settings.config_cache_seconds))
+        return cls(settings, store, tenants, TenantCache(tenants, settings.config_cache_seconds), **parts)
+
+    def close(self) -> None:
+        """Flush what is written behind responses: prediction segments, spooled events."""
+        for part in (self.publisher, self.predictions):
+            if part is not None:
+                part.close()
 
 
 async def get_services(request: Request) -> Services:

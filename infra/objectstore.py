@@ -118,3 +118,37 @@ class ObjectStore:
 
     def open_stream(self, key: str) -> Any:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+
+    # ---- conditional writes: compare-and-set on one object (the retrain lease) ---------------------
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None = None,
+               content_type: str = "application/json") -> str:
+        """Write ``key`` only if it does not exist (``etag=None``: ``If-None-Match: *``) or still has
+        ``etag`` (``If-Match``); returns the new ETag. Raises ``PreconditionFailed`` when another
+        writer got there first — the S3 server decides, so two writers can never both win."""
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            out = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                         **condition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _CONFLICT_CODES:
+                raise PreconditionFailed(f"{key} changed: {exc}") from exc
+            raise
+        return out["ETag"]
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its ETag (the version a later ``put_if`` compares against), None if absent."""
+        try:
+            out = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise
+        return out["Body"].read(), out["ETag"]
+
+
+_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+class PreconditionFailed(RuntimeError):
+    """A conditional write lost: the object exists (create) or changed since it was read (update)."""

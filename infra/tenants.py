@@ -84,10 +84,6 @@ class ClassifierConfig(BaseModel):
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
 
-    @property
-    def registered_model(self) -> str:
-        return f"sift-{self.name}"
-
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

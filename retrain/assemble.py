@@ -10,8 +10,8 @@ Rules, and why:
 - every assembly writes a dataset version (fingerprints, counts per label, its rows) to the
   object store, which runs link to by fingerprint.
 
-The review stage's files are read here directly (the store is the contract between stages;
-stages never import each other).
+The review stage's files are read through ``infra.reviewed`` (the store is the contract between
+stages; stages never import each other).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
 from infra.events import ReviewedLabel
 from infra.objectstore import ObjectStore
+from infra.reviewed import load_reviewed
 from infra.tenants import ClassifierConfig
 from retrain import paths
 from retrain.dataio import LabeledText, fingerprint, label_counts
@@ -61,31 +61,11 @@ def split_for_training(classifier: str, rows: Iterable[LabeledText], eval_share:
 
 # ---- reviewed labels (the review stage's immutable JSONL files) ---------------------------------
 
-def _read_reviewed_file(store: ObjectStore, key: str) -> list[ReviewedLabel]:
-    data = store.get_bytes(key) or b""
-    return [ReviewedLabel.model_validate_json(line) for line in data.splitlines() if line.strip()]
-
-
 def read_reviewed(store: ObjectStore, classifier: str) -> tuple[list[ReviewedLabel], int]:
     """(latest labelled review per text, number of texts that were only ever skipped)."""
-    keys = sorted(store.list_keys(paths.reviewed_prefix(classifier)))
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(keys) or 1))) as pool:
-        chunks = list(pool.map(lambda k: _read_reviewed_file(store, k), keys))
-    seen: set[str] = set()
-    labelled: dict[str, ReviewedLabel] = {}
-    skipped: set[str] = set()
-    for records in chunks:
-        for rec in records:
-            if rec.event_id in seen:
-                continue
-            seen.add(rec.event_id)
-            if rec.skipped or rec.label is None:
-                skipped.add(rec.text)
-                continue
-            prev = labelled.get(rec.text)
-            if prev is None or rec.reviewed_at >= prev.reviewed_at:
-                labelled[rec.text] = rec
-    return sorted(labelled.values(), key=lambda r: r.reviewed_at), len(skipped - set(labelled))
+    records = load_reviewed(store, classifier, include_skipped=True)
+    labelled = [r for r in records if not r.skipped and r.label is not None]
+    return labelled, len(records) - len(labelled)
 
 
 # ---- assembly -------------------------------------------------------------------------------------

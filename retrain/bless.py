@@ -66,6 +66,9 @@ def bless(classifier: str, candidate_version: str, report: EvalReport, champion_
           champion_report: EvalReport | None, policy: RetrainPolicy, **extra: object) -> Verdict:
     """The verdict of one candidate (``extra``: candidate name, selected, dataset_version, job_id)."""
     blessed, reason, drops = judge(report, champion_report, policy)
+    if champion_report is None and champion_version is not None:  # "no champion yet" would be false here
+        reason = (f"champion v{champion_version} cannot be scored on this evaluation set (its label set differs): "
+                  "the candidate is judged by validation alone")
     return Verdict(
         classifier=classifier, candidate_version=candidate_version, champion_version=champion_version,
         blessed=blessed, reason=reason, candidate_macro_f1=report.macro_f1,

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from infra.objectstore import ObjectStore
-from infra.registry import ModelRef, Registry
+from infra.registry import ChampionMoved, ModelRef, Registry
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
 from model.evaluate import EvalReport, evaluate
@@ -36,7 +36,7 @@ from retrain import paths
 from retrain.alerts import DURATION, JOBS, alert
 from retrain.assemble import AssembledDataset, DatasetVersion, assemble
 from retrain.bless import Verdict, bless, record_verdict
-from retrain.lock import ClassifierLease, LockBusy
+from retrain.lock import ClassifierLease, LeaseLost, LockBusy
 from retrain.promote import Publish, bus_publish, promote
 from retrain.triggers import Triggers
 from retrain.validate import ValidationReport, validate
@@ -151,6 +151,7 @@ class RetrainJob:
         self.record = JobRecord(job_id=self.options.job_id or new_job_id(), classifier=classifier,
                                 trigger=self.options.trigger)
         self._lease: ClassifierLease | None = None
+        self._labels_at_start: int | None = None
 
     # ---- bookkeeping -----------------------------------------------------------------------------
 
@@ -175,6 +176,11 @@ class RetrainJob:
         r.status, r.reason, r.finished_at = status, reason, datetime.now(UTC)
         with contextlib.suppress(Exception):
             r.champion_after = (self.registry.champion(r.classifier) or ModelRef("", "", None, "")).version or None
+        if status not in ("failed", "busy") and self._labels_at_start is not None:
+            try:  # a job that ran to a verdict took these labels; a failed one leaves the trigger armed
+                Triggers(self.store).job_done(r.classifier, r.job_id, r.trigger, self._labels_at_start)
+            except Exception:
+                log.warning("could not record that job %s took its labels", r.job_id, exc_info=True)
         self.save()
         JOBS.labels(r.classifier, status).inc()
         DURATION.labels(r.classifier).observe((r.finished_at - r.started_at).total_seconds())
@@ -207,8 +213,8 @@ class RetrainJob:
         try:
             cfg = TenantStore(self.store).require(c)
             triggers = Triggers(self.store)
+            self._labels_at_start = triggers.state(c).labels_total
             self.record.new_labels = triggers.new_labels(c)
-            triggers.job_started(c, self.record.job_id, self.record.trigger)
             return self._run(cfg, work)
         except Exception as exc:
             log.exception("retrain job %s of %s failed", self.record.job_id, c)
@@ -282,8 +288,12 @@ class RetrainJob:
             return self._finish("not_promoted", f"v{best.version} ({best.name}) not promoted: {verdict.reason}", cfg)
         with self.phase("promote"):
             try:
+                self._lease.check()  # a job whose lease expired or was taken over must not promote
                 promote(self.registry, self.store, self.publish, cfg.name, best.version,
-                        reports[best.name].flat_metrics())
+                        reports[best.name].flat_metrics(), expected=r.champion_before)
+            except (LeaseLost, ChampionMoved) as exc:
+                return self._finish("not_promoted", f"v{best.version} ({best.name}) blessed but not promoted: {exc}; "
+                                    "the champion keeps serving", cfg, alert_stage="promote")
             except Exception as exc:
                 champ_now = self.registry.champion(cfg.name)
                 if champ_now is not None and champ_now.version == best.version:
@@ -339,25 +349,21 @@ class RetrainJob:
     def _link_dataset(self, cand: CandidateResult, ds: AssembledDataset) -> None:
         """The dataset version record goes into the run and onto the version: lineage in both places."""
         assert cand.run_id and cand.version
-        client = self.registry.client
-        client.log_dict(cand.run_id, ds.version.model_dump(mode="json"), "dataset/version.json")
-        client.set_tag(cand.run_id, "sift.dataset_version", ds.version.version_id)
+        self.registry.log_dict(cand.run_id, ds.version.model_dump(mode="json"), "dataset/version.json")
+        self.registry.set_run_tag(cand.run_id, "sift.dataset_version", ds.version.version_id)
         for key, value in {"dataset_version": ds.version.version_id, "job_id": self.record.job_id,
                            "candidate": cand.name, "run_id": cand.run_id,
                            "eval_fingerprint": ds.version.eval_fingerprint}.items():
             self.registry.set_version_tag(self.record.classifier, cand.version, key, value)
 
     def _log_to_run(self, cand: CandidateResult, report: EvalReport, verdict: Verdict) -> None:
-        from mlflow.entities import Metric
-
         assert cand.run_id
-        ts = int(time.time() * 1000)
-        metrics = [Metric(f"bless.{k}", float(v), ts, 0) for k, v in report.flat_metrics().items()]
+        metrics = {f"bless.{k}": float(v) for k, v in report.flat_metrics().items()}
         if verdict.champion_macro_f1 is not None:
-            metrics.append(Metric("bless.champion_macro_f1", verdict.champion_macro_f1, ts, 0))
-        self.registry.client.log_batch(cand.run_id, metrics=metrics)
-        self.registry.client.log_dict(cand.run_id, verdict.model_dump(mode="json"), "report/verdict.json")
-        self.registry.client.set_tag(cand.run_id, "sift.blessed", str(verdict.blessed).lower())
+            metrics["bless.champion_macro_f1"] = verdict.champion_macro_f1
+        self.registry.log_metrics(cand.run_id, metrics)
+        self.registry.log_dict(cand.run_id, verdict.model_dump(mode="json"), "report/verdict.json")
+        self.registry.set_run_tag(cand.run_id, "sift.blessed", str(verdict.blessed).lower())
 
 
 def run_retrain_job(settings: Settings, classifier: str, options: JobOptions | None = None, *,

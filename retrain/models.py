@@ -69,23 +69,11 @@ def _summary(mv: Any) -> ModelSummary:
 
 
 def list_models(registry: Registry, classifier: str) -> list[ModelSummary]:
-    from mlflow.exceptions import MlflowException
-
-    name = Registry.model_name(classifier)
-    try:
-        found = registry.client.search_model_versions(f"name='{name}'")
-        aliases = dict(registry.client.get_registered_model(name).aliases or {})
-    except MlflowException:
-        return []
-    out = sorted((_summary(mv) for mv in found), key=lambda s: int(s.version))
+    out = [_summary(mv) for mv in registry.model_versions(classifier)]
+    aliases = registry.aliases(classifier)
     for s in out:  # search results carry no aliases: the registered model has them
-        s.aliases = sorted(a for a, v in aliases.items() if str(v) == s.version)
+        s.aliases = sorted(a for a, v in aliases.items() if v == s.version)
     return out
-
-
-def run_url(settings: Settings, registry: Registry, run_id: str) -> str:
-    run = registry.client.get_run(run_id)
-    return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
 def model_report(settings: Settings, classifier: str, version: str, *, out_dir: str | Path | None = None,
@@ -95,16 +83,16 @@ def model_report(settings: Settings, classifier: str, version: str, *, out_dir: 
 
     registry = registry or Registry(settings)
     store = store or ObjectStore(settings)
-    mv = registry.client.get_model_version(Registry.model_name(classifier), str(version))
+    mv = registry.model_version(classifier, str(version))
     summary = _summary(mv)
     report = ModelReport(classifier=classifier, summary=summary, run_url=None, tags=dict(mv.tags or {}),
                          verdict=load_verdict(store, classifier, str(version)))
     if summary.dataset_version:
         report.dataset = load_dataset_version(store, classifier, summary.dataset_version)
     if mv.run_id:
-        run = registry.client.get_run(mv.run_id)
+        run = registry.run(mv.run_id)
         report.params, report.metrics = dict(run.data.params), dict(run.data.metrics)
-        report.run_url = run_url(settings, registry, mv.run_id)
+        report.run_url = registry.run_url(mv.run_id)
         if out_dir is not None:
             configure_mlflow(settings)
             target = Path(out_dir) / classifier / str(version)

@@ -27,10 +27,6 @@ def seed_manifest(c: str) -> str:
     return f"datasets/{c}/seed/manifest.json"
 
 
-def reviewed_prefix(c: str) -> str:
-    return f"datasets/{c}/reviewed/"
-
-
 def eval_members(c: str) -> str:
     return f"datasets/{c}/eval/members.json"
 

@@ -13,13 +13,12 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from infra.registry import Registry, configure_mlflow
+from infra.registry import ChampionMoved, Registry, configure_mlflow
 from infra.settings import resolve_base_model
 from infra.tenants import ClassifierConfig
 from model.train import TrainResult, TrainSpec, fine_tune
@@ -51,37 +50,6 @@ def git_commit(cwd: Path | None = None) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def experiment_id(registry: Registry, classifier: str, artifact_location: str | None = None) -> str:
-    """The classifier's experiment ``sift-<name>``, created on first use."""
-    from mlflow.exceptions import MlflowException
-
-    name = Registry.model_name(classifier)
-    exp = registry.client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return registry.client.create_experiment(name, artifact_location=artifact_location,
-                                                 tags={"sift.classifier": classifier})
-    except MlflowException:  # created concurrently
-        exp = registry.client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
-def _params(values: dict[str, Any]) -> list[Any]:
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)[:6000]) for k, v in values.items() if v is not None]
-
-
-def _metrics(values: dict[str, float], step: int = 0, ts: int | None = None) -> list[Any]:
-    from mlflow.entities import Metric
-
-    ts = ts or int(time.time() * 1000)
-    return [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and v == v]
 
 
 def train_spec(cfg: ClassifierConfig, **overrides: Any) -> TrainSpec:
@@ -138,8 +106,6 @@ def train_and_register(
         else:
             eval_rows, eval_source = [], "none"
 
-    client = registry.client
-    exp_id = experiment_id(registry, cfg.name, artifact_location)
     tags = {
         "sift.classifier": cfg.name,
         "sift.dataset_fingerprint": fingerprint(rows),
@@ -148,48 +114,47 @@ def train_and_register(
         **({"sift.parent_version": parent_version} if parent_version else {}),
         **(extra_tags or {}),
     }
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    run_id = run.info.run_id
+    run_id = registry.create_run(cfg.name, run_name=run_name, tags=tags, artifact_location=artifact_location)
     own_dir = work_dir is None
     base_dir = Path(tempfile.mkdtemp(prefix=f"sift-train-{cfg.name}-")) if own_dir else Path(work_dir)
     try:
         counts = label_counts(rows)
-        client.log_batch(run_id, params=_params({
+        registry.log_params(run_id, {
             **spec.model_dump(exclude={"labels", "classifier"}),
             "labels": json.dumps(cfg.labels), "train_examples": len(rows), "eval_examples": len(eval_rows),
             "dataset_fingerprint": fingerprint(rows),
             "eval_fingerprint": fingerprint(eval_rows) if eval_rows else None,
             "parent_version": parent_version,
             **{f"count.{label}": counts.get(label, 0) for label in cfg.labels},
-        }))
+        })
 
         def on_epoch(rec: Any) -> None:
-            client.log_batch(run_id, metrics=_metrics(
-                {"epoch_train_loss": rec.train_loss, "epoch_eval_accuracy": rec.eval_accuracy,
-                 "epoch_eval_macro_f1": rec.eval_macro_f1}, step=rec.step))
+            registry.log_metrics(run_id, {"epoch_train_loss": rec.train_loss, "epoch_eval_accuracy": rec.eval_accuracy,
+                                          "epoch_eval_macro_f1": rec.eval_macro_f1}, step=rec.step)
 
         result: TrainResult = fine_tune(rows, spec, out_dir=base_dir / "model", eval_rows=eval_rows or None,
                                         progress=progress, on_epoch=on_epoch)
-        client.log_batch(run_id, metrics=_metrics(result.metrics, step=result.steps))
+        registry.log_metrics(run_id, result.metrics, step=result.steps)
         report_dir = base_dir / "report"
         write_report(report_dir, result, label_curve=label_curve or (),
                      extra={"classifier": cfg.name, "run_id": run_id, "eval_source": eval_source})
-        client.log_artifacts(run_id, result.model_dir, "model")
-        client.log_artifacts(run_id, str(report_dir), "report")
+        registry.log_artifacts(run_id, result.model_dir, "model")
+        registry.log_artifacts(run_id, report_dir, "report")
         ref = registry.register(cfg.name, run_id, artifact_path="model", tags={
             "dataset_fingerprint": result.dataset_fingerprint,
             **({"parent_version": parent_version} if parent_version else {}),
             **{k: f"{result.metrics[k]:.6f}" for k in ("accuracy", "macro_f1") if k in result.metrics},
         })
         is_champion = False
-        if make_champion_if_none and registry.champion(cfg.name) is None:
-            registry.set_champion(cfg.name, ref.version)
-            is_champion = True
-        client.set_tag(run_id, "sift.model_version", ref.version)
-        client.set_terminated(run_id, "FINISHED")
+        if make_champion_if_none and registry.champion(cfg.name) is None:  # a registry error raises
+            with contextlib.suppress(ChampionMoved):  # another process made its version champion first
+                registry.set_champion(cfg.name, ref.version, expected=None)
+                is_champion = True
+        registry.set_run_tag(run_id, "sift.model_version", ref.version)
+        registry.end_run(run_id)
     except BaseException:
         with contextlib.suppress(Exception):
-            client.set_terminated(run_id, "FAILED")
+            registry.end_run(run_id, "FAILED")
         raise
     finally:
         if own_dir:

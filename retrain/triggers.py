@@ -2,10 +2,11 @@
 
 Two small objects in the store, each with one writer, so neither can overwrite the other:
 ``retrain/<c>/trigger.json`` (the worker's consumer: running total of reviewed labels seen, recent
-event ids for dedupe) and ``retrain/<c>/last-job.json`` (the job: the total it started from); the
-last schedule check has its own ``retrain/<c>/schedule.json``. New labels since the last job =
-total - total at the last job's start, which survives restarts of the worker and jobs started
-elsewhere (API, CLI).
+event ids for dedupe) and ``retrain/<c>/last-job.json`` (the job: the total it started from, written
+when it reaches a verdict); the last schedule check has its own ``retrain/<c>/schedule.json``. New
+labels since the last job = total - total at the last job's start, which survives restarts of the
+worker and jobs started elsewhere (API, CLI). A job that fails writes nothing, so its labels keep
+the trigger armed and the next job takes them.
 
 Schedules are 'daily' (00:00 UTC), 'weekly' (Sunday 00:00 UTC) or a 5-field cron expression
 (minute hour day-of-month month day-of-week; ``*``, lists, ranges, steps; UTC), matched by the
@@ -112,7 +113,7 @@ class LastJob(BaseModel):
     classifier: str
     job_id: str = ""
     labels_total_at_start: int = 0
-    started_at: datetime | None = None
+    done_at: datetime | None = None
     trigger: str = ""
 
 
@@ -144,10 +145,10 @@ class Triggers:
     def new_labels(self, classifier: str) -> int:
         return max(0, self.state(classifier).labels_total - self.last_job(classifier).labels_total_at_start)
 
-    def job_started(self, classifier: str, job_id: str, trigger: str) -> None:
-        """Called by the job: the labels counted so far are now part of a job."""
-        last = LastJob(classifier=classifier, job_id=job_id, labels_total_at_start=self.state(classifier).labels_total,
-                       started_at=datetime.now(UTC), trigger=trigger)
+    def job_done(self, classifier: str, job_id: str, trigger: str, labels_total_at_start: int) -> None:
+        """Called by a job that reached a verdict: the labels counted when it started are now used."""
+        last = LastJob(classifier=classifier, job_id=job_id, labels_total_at_start=labels_total_at_start,
+                       done_at=datetime.now(UTC), trigger=trigger)
         self.store.put_json(paths.trigger_state(classifier).replace("trigger.json", "last-job.json"),
                             last.model_dump(mode="json"))
 

@@ -5,6 +5,10 @@ before its offset is committed and queues the classifier once its policy's ``min
 reached; a checker looks at schedules (and re-queues classifiers whose count is already due, which
 covers a crash between counting and running); the job thread runs queued jobs one after another,
 so training never blocks the consumer (whose group session would otherwise expire).
+
+No thread dies of a store or registry error: each logs and carries on. A failed job leaves its
+labels counted (the trigger stays armed); the job thread waits ``failure_backoff_s`` before it
+retries that classifier, so a persistent fault means one alert per backoff, not a tight loop.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 
 from infra.bus import Bus, PermanentError, TransientError
@@ -54,7 +59,7 @@ class DueQueue:
 
 class RetrainWorker:
     def __init__(self, settings: Settings, stop: threading.Event, *, check_interval_s: float = 30.0,
-                 options: JobOptions | None = None) -> None:
+                 failure_backoff_s: float = 300.0, options: JobOptions | None = None) -> None:
         self.settings = settings
         self.stop = stop
         self.check_interval_s = check_interval_s
@@ -65,6 +70,8 @@ class RetrainWorker:
         self.triggers = Triggers(self.store)
         self.due = DueQueue()
         self.jobs_run: list[str] = []
+        self.failure_backoff_s = failure_backoff_s
+        self._retry_at: dict[str, float] = {}  # classifier -> monotonic time its failed job may be retried
 
     def handle(self, topic: str, event: Event) -> None:
         if not isinstance(event, ReviewedLabel):
@@ -123,15 +130,26 @@ class RetrainWorker:
             item = self.due.get(timeout=0.5)
             if item is None:
                 continue
-            classifier, trigger = item
-            cfg = self.tenants.get(classifier)
-            if cfg is None:
-                continue
-            if trigger == "labels" and self.triggers.new_labels(classifier) < cfg.retrain.min_new_labels:
-                continue  # a job that just ran already took these labels
-            options = self.options.model_copy(update={"trigger": trigger, "job_id": None})
-            record = run_retrain_job(self.settings, classifier, options, store=self.store)
-            self.jobs_run.append(record.job_id)
+            try:
+                self._run_due(*item)
+            except Exception:  # the store or registry is down: the checker queues the classifier again
+                log.warning("could not run the due retrain job of %s", item[0], exc_info=True)
+
+    def _run_due(self, classifier: str, trigger: str) -> None:
+        if time.monotonic() < self._retry_at.get(classifier, 0.0):
+            return  # its last job failed recently; the checker queues it again after the backoff
+        cfg = self.tenants.get(classifier)
+        if cfg is None:
+            return
+        if trigger == "labels" and self.triggers.new_labels(classifier) < cfg.retrain.min_new_labels:
+            return  # a job that just ran already took these labels
+        options = self.options.model_copy(update={"trigger": trigger, "job_id": None})
+        record = run_retrain_job(self.settings, classifier, options, store=self.store)
+        self.jobs_run.append(record.job_id)
+        if record.status == "failed":
+            self._retry_at[classifier] = time.monotonic() + self.failure_backoff_s
+        else:
+            self._retry_at.pop(classifier, None)
 
     def run(self) -> None:
         self.store.ensure_bucket()

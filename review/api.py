@@ -21,7 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel
-from infra.http import Services, check_admin, get_services, require_classifier, resolve_tenant
+from infra.http import HandlesWebhooks, Services, check_admin, get_services, require_classifier, resolve_tenant
+from infra.publisher import EventPublisher
 from infra.tenants import NAME_RE, ClassifierConfig, NotFound
 from review.collector import Collector
 from review.labelstudio import (
@@ -45,26 +46,17 @@ class WebhookAck(BaseModel):
     action: str | None = None
 
 
-def collector_for(services: Services) -> Collector:
-    """One Collector per API process, publishing durably through the app's EventPublisher.
+def build_collector(services: Services, publisher: EventPublisher) -> Collector:
+    """The webhook's Collector (one per API process), publishing durably through the app's EventPublisher.
 
     ``publish_durable`` raises ``NotDurable`` when neither the broker nor the spool took the
     event: the collected marker is then not written, and reconciliation repeats the review.
     """
-    collector = services.extras.get("review_collector")
-    if collector is None:
-        publisher = services.extras.get("publisher")
-        if publisher is None:
-            from infra.publisher import EventPublisher
 
-            publisher = services.extras.setdefault("publisher", EventPublisher(services.settings))
+    def publish(event: ReviewedLabel) -> None:
+        publisher.publish_durable(TOPIC_REVIEWED_LABELS, event, timeout=PUBLISH_TIMEOUT_S)
 
-        def publish(event: ReviewedLabel) -> None:
-            publisher.publish_durable(TOPIC_REVIEWED_LABELS, event, timeout=PUBLISH_TIMEOUT_S)
-
-        collector = Collector(services.settings, services.store, services.tenants, publish)
-        services.extras["review_collector"] = collector
-    return collector
+    return Collector(services.settings, services.store, services.tenants, publish)
 
 
 def _classifier_named(services: Services, payload: dict[str, Any]) -> ClassifierConfig | None:
@@ -80,7 +72,7 @@ def _check_secret(services: Services, given: str, cfg: ClassifierConfig | None) 
         raise HTTPException(403, "invalid webhook secret")
 
 
-def _process(collector: Collector, payload: dict[str, Any]) -> None:
+def _process(collector: HandlesWebhooks, payload: dict[str, Any]) -> None:
     task_id = (payload.get("task") or {}).get("id")
     try:
         collector.handle_webhook(payload)
@@ -108,7 +100,9 @@ async def webhook(
     action = payload.get("action")
     if action not in WEBHOOK_ACTIONS:
         return WebhookAck(accepted=False, action=action if isinstance(action, str) else None)
-    background.add_task(_process, collector_for(services), payload)
+    if services.review_collector is None:
+        raise HTTPException(503, "this process does not take review webhooks")
+    background.add_task(_process, services.review_collector, payload)
     return WebhookAck(accepted=True, action=action)
 
 

@@ -25,7 +25,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
@@ -34,6 +33,7 @@ from pydantic import BaseModel
 from infra.bus import Bus
 from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel, stable_id
 from infra.objectstore import ObjectStore
+from infra.reviewed import write_reviewed
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
 from review.labelstudio import FinishedAnnotation, LabelStudioUnavailable, ReviewProjects, parse_annotation
@@ -47,10 +47,6 @@ REFUSED = Counter("sift_review_labels_refused_total", "reviews refused before th
 
 RECONCILE_OVERLAP = timedelta(minutes=10)  # tolerate clock skew between Label Studio and us
 FULL_SCAN_EVERY = 20  # passes; catches edits that did not move a task's updated_at
-
-
-def dataset_prefix(classifier: str) -> str:
-    return f"datasets/{classifier}/reviewed/"
 
 
 def _collected_prefix(classifier: str) -> str:
@@ -138,9 +134,7 @@ class Collector:
         done = (event.event_id in known) if known is not None else self.store.exists(marker)
         if done:
             return False
-        stamp = event.reviewed_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        key = f"{dataset_prefix(classifier)}{stamp}-{event.event_id}.jsonl"
-        self.store.put_bytes(key, event.to_bytes() + b"\n", "application/x-ndjson")
+        key = write_reviewed(self.store, event)
         self.publish(event)
         self.store.put_bytes(marker, key.encode())
         if known is not None:
@@ -244,37 +238,3 @@ def run_reconcile_loop(settings: Settings, stop: threading.Event, *, interval_s:
         stop.wait(interval_s)
     if producer is not None:
         producer.close(timeout=5)
-
-
-def _read_file(store: ObjectStore, key: str) -> list[ReviewedLabel]:
-    data = store.get_bytes(key) or b""
-    return [ReviewedLabel.model_validate_json(line) for line in data.splitlines() if line.strip()]
-
-
-def load_reviewed(store: ObjectStore, classifier: str, *, include_skipped: bool = False,
-                  workers: int = 16) -> list[ReviewedLabel]:
-    """The classifier's reviewed dataset: the latest review of each text, for the retrain stage.
-
-    Duplicates (same event id) collapse; per text the latest ``reviewed_at`` wins. Skipped
-    reviews never override a label; with ``include_skipped`` a text that was only ever skipped is
-    returned as a skipped record (label None).
-    """
-    keys = sorted(store.list_keys(dataset_prefix(classifier)))
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys) or 1))) as pool:
-        chunks = list(pool.map(lambda k: _read_file(store, k), keys))
-    seen: set[str] = set()
-    labelled: dict[str, ReviewedLabel] = {}
-    skipped: dict[str, ReviewedLabel] = {}
-    for records in chunks:
-        for rec in records:
-            if rec.event_id in seen:
-                continue
-            seen.add(rec.event_id)
-            target = skipped if rec.skipped else labelled
-            prev = target.get(rec.text)
-            if prev is None or rec.reviewed_at >= prev.reviewed_at:
-                target[rec.text] = rec
-    out = list(labelled.values())
-    if include_skipped:
-        out += [r for text, r in skipped.items() if text not in labelled]
-    return sorted(out, key=lambda r: r.reviewed_at)

@@ -39,6 +39,19 @@ class LabelStudioUnavailable(ConnectionError):
     """Label Studio could not be reached or answered 5xx: callers retry later (never a lost request)."""
 
 
+class LabelStudioRejected(RuntimeError):
+    """Label Studio answered 4xx: retrying the same call will not help. This module is the only one
+    that reads Label Studio's errors; callers see these two types, never the SDK's."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class LabelStudioNotFound(LabelStudioRejected):
+    """404: the project or task is gone (say the Label Studio database was recreated)."""
+
+
 def project_title(classifier: str) -> str:
     return f"sift: {classifier}"
 
@@ -151,7 +164,8 @@ class ReviewProjects:
         return cls(settings.label_studio_url, settings.label_studio_token, timeout=settings.label_studio_timeout_s)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Map transport failures and 5xx to LabelStudioUnavailable (retryable); 4xx propagate.
+        """Map transport failures and 5xx to LabelStudioUnavailable (retryable), 4xx to
+        LabelStudioRejected (404: LabelStudioNotFound).
 
         A short circuit breaker: after a failure, calls fail fast for ``cooldown_s`` instead of
         each paying the SDK's connection retries (seconds per call), so an outage does not slow
@@ -168,7 +182,8 @@ class ReviewProjects:
             if exc.status_code is None or exc.status_code >= 500:
                 self._down_until = time.monotonic() + self.cooldown_s
                 raise LabelStudioUnavailable(f"Label Studio error {exc.status_code}") from exc
-            raise
+            kind = LabelStudioNotFound if exc.status_code == 404 else LabelStudioRejected
+            raise kind(exc.status_code, f"Label Studio answered {exc.status_code}: {exc.body}") from exc
 
     # ---- projects and webhooks ----------------------------------------------------------------
 
@@ -176,10 +191,8 @@ class ReviewProjects:
         """True when the id names *this* classifier's project (a recreated LS database may reuse ids)."""
         try:
             project = self._call(self.client.projects.get, project_id)
-        except ApiError as exc:
-            if exc.status_code == 404:
-                return False
-            raise
+        except LabelStudioNotFound:
+            return False
         return project.title == project_title(classifier)
 
     def find_project(self, classifier: str) -> int | None:
@@ -259,10 +272,8 @@ class ReviewProjects:
     def get_task(self, task_id: int) -> dict[str, Any] | None:
         try:
             task = self._call(self.client.tasks.get, str(task_id))
-        except ApiError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        except LabelStudioNotFound:
+            return None
         return task.model_dump() if hasattr(task, "model_dump") else dict(task)
 
     def _pages(self, project_id: int, query: str, fields: str = "all", page_size: int = PAGE_SIZE,
@@ -276,10 +287,8 @@ class ReviewProjects:
         while True:
             try:
                 resp = self._call(self._raw_list, project_id, query, fields, page, page_size)
-            except ApiError as exc:
-                if exc.status_code == 404:  # past the last page
-                    return
-                raise
+            except LabelStudioNotFound:  # past the last page
+                return
             tasks = resp.get("tasks") or []
             yield int(resp.get("total") or 0), tasks
             if len(tasks) < page_size or page * page_size >= int(resp.get("total") or 0):
@@ -348,7 +357,7 @@ class ReviewProjects:
             try:
                 user = self._call(self.client.users.get, user_id)
                 self._users[user_id] = user.email or f"user-{user_id}"
-            except ApiError:
+            except LabelStudioRejected:
                 return f"user-{user_id}"
         return self._users[user_id]
 

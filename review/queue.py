@@ -29,7 +29,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from label_studio_sdk.core.api_error import ApiError
 from pydantic import BaseModel, Field
 
 from infra.bus import PermanentError
@@ -37,7 +36,14 @@ from infra.events import ReviewRequest, ReviewSource
 from infra.objectstore import ObjectStore
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
-from review.labelstudio import LabelStudioUnavailable, ReviewProjects, TaskSpec, ensure_project
+from review.labelstudio import (
+    LabelStudioNotFound,
+    LabelStudioRejected,
+    LabelStudioUnavailable,
+    ReviewProjects,
+    TaskSpec,
+    ensure_project,
+)
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +289,7 @@ class ReviewQueue:
         try:
             assert item.task_id is not None
             self.projects.update_task_data(item.task_id, item.task_data())
-        except (LabelStudioUnavailable, ApiError) as exc:
+        except (LabelStudioUnavailable, LabelStudioRejected) as exc:
             log.warning("task %s not updated (%s); will sync later", item.task_id, exc)
             self.store.put_bytes(dirty, b"")
             return
@@ -318,9 +324,7 @@ class ReviewQueue:
             return 0
         try:
             return self._refill(cfg, keys)
-        except ApiError as exc:
-            if exc.status_code != 404:
-                raise
+        except LabelStudioNotFound:
             # the project is gone (Label Studio database recreated): provision again, once
             self._verified = {v for v in self._verified if v[0] != cfg.name}
             cfg.label_studio_project_id = None

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field
 
 from infra.objectstore import ObjectStore
+from infra.reviewed import load_reviewed
 from infra.settings import Settings
 from infra.tenants import NotFound, TenantStore
-from review.collector import load_reviewed
 from review.labelstudio import LabelStudioUnavailable, ReviewProjects
 from review.queue import ReviewQueue
 

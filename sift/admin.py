@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from infra.http import Services, get_services, require_admin
 from infra.tenants import AlreadyExists, ClassifierConfig, NotFound, RetrainPolicy, TenantError
-from sift.onboarding import build_config, create_classifier, validation_message
+from sift.errors import validation_message
+from sift.onboarding import build_config, create_classifier
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -73,9 +74,7 @@ def _tenant_error(exc: TenantError) -> HTTPException:
 def create(body: CreateClassifier, services: Services = Depends(get_services)) -> Created:
     try:
         cfg = build_config(**body.model_dump())
-        cfg, key, warnings = create_classifier(
-            services.tenants, cfg, services.extras.get("provisioners", [])
-        )
+        cfg, key, warnings = create_classifier(services.settings, services.tenants, cfg)
     except TenantError as exc:
         raise _tenant_error(exc) from exc
     services.tenant_cache.invalidate()

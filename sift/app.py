@@ -7,10 +7,9 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import cast
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,12 +18,14 @@ from classifier.engine import ServingEngine
 from feedback.api import router as feedback_router
 from infra.http import Services
 from infra.predictions import PredictionStore
+from infra.publisher import EventPublisher
 from infra.settings import Settings, get_settings
 from ops.api import router as dead_letters_router
 from retrain.api import router as retrain_router
+from review.api import build_collector
 from review.api import router as review_router
 from sift import admin
-from sift.onboarding import validation_message
+from sift.errors import install_error_handlers
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +47,32 @@ def registry_champion_resolver(settings: Settings):  # noqa: ANN201 - returns a 
     return resolve
 
 
-def build_services(settings: Settings, **extras: Any) -> Services:
+def build_services(settings: Settings, *, engine: ServingEngine | None = None,
+                   publisher: EventPublisher | None = None) -> Services:
+    """Every part of the API process, built once; ``engine`` and ``publisher`` may be given (tests)."""
     services = Services.from_settings(settings)
     services.store.ensure_bucket()
-    services.extras.update(extras)
-    if "engine" not in services.extras:
-        services.extras["engine"] = ServingEngine(
-            registry_champion_resolver(settings),
-            max_batch=settings.batch_max_size,
-            max_wait_s=settings.batch_max_wait_ms / 1000,
-            torch_threads=settings.torch_threads,
-            quantize=settings.quantize,
-            runtime=settings.serving_runtime,
-        )
-    services.extras.setdefault("predictions", PredictionStore(services.store))
-    if "publisher" not in services.extras:
-        from infra.publisher import EventPublisher
-
-        services.extras["publisher"] = EventPublisher(settings)
+    services.engine = engine or ServingEngine(
+        registry_champion_resolver(settings),
+        max_batch=settings.batch_max_size,
+        max_wait_s=settings.batch_max_wait_ms / 1000,
+        torch_threads=settings.torch_threads,
+        quantize=settings.quantize,
+        runtime=settings.serving_runtime,
+    )
+    services.predictions = PredictionStore(services.store)
+    services.publisher = publisher or EventPublisher(settings)
+    services.review_collector = build_collector(services, services.publisher)
     return services
+
+
+def _engine(services: Services) -> ServingEngine:
+    return cast(ServingEngine, services.engine)
 
 
 def _preload(services: Services, done: threading.Event) -> None:
     """Load every classifier's champion before declaring the replica ready."""
-    engine: ServingEngine = services.extras["engine"]
+    engine = _engine(services)
     try:
         for cfg in services.tenants.list():
             try:
@@ -80,32 +83,29 @@ def _preload(services: Services, done: threading.Event) -> None:
         done.set()
 
 
-def create_app(settings: Settings | None = None, **extras: Any) -> FastAPI:
-    """``extras`` override services (an engine, a publisher) — tests and the CLI use that."""
+def create_app(settings: Settings | None = None, *, engine: ServingEngine | None = None,
+               publisher: EventPublisher | None = None) -> FastAPI:
+    """``engine`` / ``publisher`` replace the ones built from settings (tests, benchmarks)."""
     settings = settings or get_settings()
     ready = threading.Event()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, **extras)
+        services = build_services(settings, engine=engine, publisher=publisher)
         app.state.services = services
         threading.Thread(target=_preload, args=(services, ready), daemon=True, name="preload").start()
         watcher = None
         if settings.model_watch:
             from classifier.model_watch import ModelWatcher
 
-            watcher = ModelWatcher(settings, services.extras["engine"]).start()
+            watcher = ModelWatcher(settings, _engine(services)).start()
         try:
             yield
         finally:
             if watcher is not None:
                 await asyncio.to_thread(watcher.stop)
-            engine: ServingEngine = services.extras["engine"]
-            await engine.aclose()
-            for name in ("publisher", "predictions"):
-                closer = getattr(services.extras.get(name), "close", None)
-                if closer:
-                    await asyncio.to_thread(closer)
+            await _engine(services).aclose()
+            await asyncio.to_thread(services.close)
 
     app = FastAPI(
         title="Sift",
@@ -120,12 +120,7 @@ def create_app(settings: Settings | None = None, **extras: Any) -> FastAPI:
     app.include_router(dead_letters_router)
     app.include_router(retrain_router)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse({"detail": "malformed JSON body"}, status_code=400)
-        return JSONResponse({"detail": validation_message(exc)}, status_code=422)
+    install_error_handlers(app)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -136,8 +131,7 @@ def create_app(settings: Settings | None = None, **extras: Any) -> FastAPI:
         services: Services = request.app.state.services
         if not ready.is_set():
             return JSONResponse({"status": "loading models"}, status_code=503)
-        engine: ServingEngine = services.extras["engine"]
-        versions = {name: slot.model.version for name, slot in engine.slots.items() if slot.model}
+        versions = {name: slot.model.version for name, slot in _engine(services).slots.items() if slot.model}
         return JSONResponse({"status": "ready", "models": versions})
 
     @app.get("/metrics", tags=["ops"])

@@ -60,16 +60,16 @@ def classifiers_create(
     description: str = typer.Option(""),
 ) -> None:
     """Onboard a classifier: config, API key, topics and review project."""
+    from infra.settings import get_settings
     from infra.tenants import TenantError
     from sift.onboarding import build_config, create_classifier
-    from sift.provisioning import default_provisioners
 
     try:
         cfg = build_config(
             name=name, labels=[x.strip() for x in labels.split(",") if x.strip()], threshold=threshold,
             base_model=base_model, description=description,
         )
-        cfg, key, warnings = create_classifier(_tenants(), cfg, default_provisioners())
+        cfg, key, warnings = create_classifier(get_settings(), _tenants(), cfg)
     except TenantError as exc:
         _fail(str(exc))
     for w in warnings:
@@ -108,7 +108,7 @@ def classifiers_update(
     from pydantic import ValidationError
 
     from infra.tenants import ClassifierConfig, TenantError
-    from sift.onboarding import validation_message
+    from sift.errors import validation_message
 
     tenants = _tenants()
     try:

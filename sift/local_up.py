@@ -27,7 +27,6 @@ def _ensure_demo(settings: Settings, train_rows: int) -> str | None:
     from infra.registry import Registry
     from infra.tenants import TenantStore
     from sift.onboarding import build_config, create_classifier
-    from sift.provisioning import default_provisioners
 
     creds = _credentials_path(settings)
     tenants = TenantStore(ObjectStore(settings))
@@ -37,7 +36,7 @@ def _ensure_demo(settings: Settings, train_rows: int) -> str | None:
         labels = sorted({r.label for r in rows})
         cfg = build_config(name=DEMO_CLASSIFIER, labels=labels, threshold=0.7,
                            description="Reuters-21578 R8 newswire topics (demo)")
-        cfg, key, warnings = create_classifier(tenants, cfg, default_provisioners(settings))
+        cfg, key, warnings = create_classifier(settings, tenants, cfg)
         for w in warnings:
             typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
         creds.write_text(json.dumps({"classifier": DEMO_CLASSIFIER, "api_key": key}))

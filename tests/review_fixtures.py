@@ -20,10 +20,11 @@ from infra.events import TOPIC_REVIEW_REQUESTS, ReviewedLabel, ReviewRequest
 from infra.http import Services
 from infra.local.procs import LOOPBACK, free_port
 from infra.publisher import EventPublisher
+from infra.reviewed import load_reviewed
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig
-from review.api import router
-from review.collector import Collector, load_reviewed
+from review.api import build_collector, router
+from review.collector import Collector
 from review.labelstudio import ReviewProjects, ensure_project
 from review.queue import ReviewQueue
 from review.worker import run_review_worker
@@ -37,9 +38,9 @@ class ApiServer:
 
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
-        self.services = Services.from_settings(settings)
         self.publisher = EventPublisher(settings)
-        self.services.extras["publisher"] = self.publisher
+        self.services = Services.from_settings(settings, publisher=self.publisher)
+        self.services.review_collector = build_collector(self.services, self.publisher)
         app = FastAPI()
         app.state.services = self.services
         app.include_router(router)
@@ -153,6 +154,7 @@ def review_env_fixture(sift_settings: Settings, label_studio: Any) -> Iterator[R
     probe = ApiServer(base)  # reserve the port first: the webhook URL must name it
     settings = base.model_copy(update={"public_api_url": probe.url, "webhook_secret": uuid.uuid4().hex})
     probe.services.settings = settings
+    probe.services.review_collector = build_collector(probe.services, probe.publisher)  # with these settings
     api = probe.start()
     bus = Bus(settings)
     bus.ensure_topics()

@@ -7,13 +7,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
 from kafka.structs import TopicPartition
 
-from infra.bus import Bus, Deduper, PermanentError, TransientError
+from infra.bus import Bus, PermanentError, TransientError
 from infra.events import DeadLetter, Event, ReviewRequest
 from infra.settings import Settings
 from tests.bus_helpers import isolated, read_topic, wait_until
@@ -194,13 +193,3 @@ def test_unclassified_handler_bug_is_dead_lettered_after_max_attempts(bus: Bus) 
     assert calls == ["ev-0"] * 5 + ["ev-1"]
     dead = read_topic(bus.settings, "dead-letter", expect=1)
     assert len(dead) == 1 and "KeyError" in dead[0].error
-
-
-def test_deduper_is_bounded_lru() -> None:
-    d = Deduper(capacity=3)
-    assert d.first_time("a") and d.first_time("b") and d.first_time("c")
-    assert not d.first_time("a")  # refreshes a
-    assert d.first_time("d")  # evicts b, the least recently seen
-    assert "b" not in d and "a" in d
-    d.add(uuid.uuid4().hex)
-    assert len(d._seen) == 3

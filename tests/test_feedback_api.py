@@ -14,13 +14,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from feedback.api import router as feedback_router
-from feedback.standalone import create_feedback_app
 from infra.events import ReviewRequest
 from infra.http import Services
 from infra.predictions import PredictionRecord
 from infra.publisher import EventPublisher
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig
+from sift.feedback_app import create_feedback_app
 from tests.bus_helpers import isolated, read_topic
 
 pytestmark = pytest.mark.timeout(180)
@@ -71,7 +71,7 @@ def ctx(sift_settings: Settings) -> Iterator[Ctx]:
 
 
 def _prediction(ctx: Ctx, text: str = "the match went to extra time") -> str:
-    store = ctx.services.extras["predictions"]
+    store = ctx.services.predictions
     pid = store.record(PredictionRecord(classifier=ctx.name, text=text, label="tech",
                                   confidence=0.41, scores={"sports": 0.39, "tech": 0.41, "politics": 0.2},
                                   model_version="7"))

@@ -46,7 +46,7 @@ def feedback_server(settings: Settings, log: Path) -> Iterator[tuple[str, subpro
     env = {**os.environ, **settings_env(settings)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "feedback.standalone:create_feedback_app",
+            [sys.executable, "-m", "uvicorn", "--factory", "sift.feedback_app:create_feedback_app",
              "--host", LOOPBACK, "--port", str(port), "--log-level", "warning"],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
         )

@@ -63,13 +63,13 @@ def test_retrain_registers_versions_with_lineage_and_promotes(sift_settings, mlf
         assert tags["sift.bless_champion_version"] == champion
         if cand.name == "warm":
             assert tags["parent_version"] == champion
-        run = registry.client.get_run(cand.run_id)
+        run = registry.run(cand.run_id)
         assert run.data.tags["sift.dataset_version"] == ds.version_id
         assert run.data.tags["sift.job_id"] == record.job_id
         assert "bless.macro_f1" in run.data.metrics
-        artifacts = {a.path for a in registry.client.list_artifacts(cand.run_id, "report")}
+        artifacts = set(registry.list_artifacts(cand.run_id, "report"))
         assert {"report/confusion.png", "report/learning_curve.png", "report/verdict.json"} <= artifacts
-        assert {a.path for a in registry.client.list_artifacts(cand.run_id, "dataset")} == {"dataset/version.json"}
+        assert registry.list_artifacts(cand.run_id, "dataset") == ["dataset/version.json"]
         verdict = load_verdict(store, cfg.name, cand.version)
         assert verdict is not None and verdict.selected == (cand.version == record.selected_version)
     assert record.verdict.blessed and record.verdict.gain > 0

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from xml.etree import ElementTree
 
 from infra.events import ReviewedLabel, ReviewRequest
-from review.collector import load_reviewed
+from infra.reviewed import load_reviewed
 from review.labelstudio import label_config, parse_annotation
 from review.queue import ReviewItem, margin_of, tier_of
 

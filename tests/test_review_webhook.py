@@ -22,7 +22,7 @@ from infra.local.procs import LOOPBACK, free_port
 from infra.publisher import EventPublisher
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig
-from review.api import router
+from review.api import build_collector, router
 from review.collector import load_reviewed
 from review.labelstudio import WEBHOOK_PATH, WEBHOOK_SECRET_HEADER, choice_result
 from tests.bus_helpers import isolated, read_topic
@@ -55,17 +55,17 @@ class Hook:
         return list(self.services.store.list_keys(f"review/{self.name}/collected/"))
 
     def use_publisher(self, publisher: EventPublisher) -> None:
-        self.services.extras["publisher"] = publisher
-        self.services.extras.pop("review_collector", None)
+        self.services.publisher = publisher
+        self.services.review_collector = build_collector(self.services, publisher)
 
 
 @pytest.fixture
 def hook(sift_settings: Settings) -> Iterator[Hook]:
     # Label Studio is not running here: rotation's re-registration finds it unreachable
     settings = isolated(sift_settings).model_copy(update={"label_studio_url": f"http://{LOOPBACK}:{free_port()}"})
-    services = Services.from_settings(settings)
     publisher = EventPublisher(settings)
-    services.extras["publisher"] = publisher
+    services = Services.from_settings(settings, publisher=publisher)
+    services.review_collector = build_collector(services, publisher)
     app = FastAPI()
     app.state.services = services
     app.include_router(router)

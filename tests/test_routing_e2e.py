@@ -103,7 +103,7 @@ def test_low_confidence_classify_produces_exactly_one_review_request(served: Ser
     assert not any(res["review_requested"] for res in confident)
     res = served.classify(doubtful, AMBIGUOUS)
     assert res["review_requested"] is True and res["confidence"] < 0.999
-    publisher = served.client.app.state.services.extras["publisher"]  # type: ignore[attr-defined]
+    publisher = served.client.app.state.services.publisher  # type: ignore[attr-defined]
     assert publisher.flush(30), publisher.stats()
 
     events = read_to_high_watermark(served.settings)
@@ -121,7 +121,7 @@ def test_confident_classify_produces_none(served: Served, tiny_examples: dict[st
     sure = served.keys["sure"]
     for text in [*tiny_examples.values(), AMBIGUOUS]:
         assert served.classify(sure, text)["review_requested"] is False
-    publisher = served.client.app.state.services.extras["publisher"]  # type: ignore[attr-defined]
+    publisher = served.client.app.state.services.publisher  # type: ignore[attr-defined]
     assert publisher.flush(30), publisher.stats()
     assert publisher.stats().sent == 0
     assert read_to_high_watermark(served.settings) == []
@@ -132,7 +132,7 @@ def test_classify_answers_while_the_broker_is_down_and_the_event_arrives_after(
 ) -> None:
     doubtful = served.keys["doubtful"]
     served.classify(doubtful, "warm-up before the outage")  # model loaded, producer connected
-    publisher = served.client.app.state.services.extras["publisher"]  # type: ignore[attr-defined]
+    publisher = served.client.app.state.services.publisher  # type: ignore[attr-defined]
     assert publisher.flush(30), publisher.stats()
 
     kafka_broker.kill()

@@ -227,7 +227,7 @@ def test_train_and_register(tmp_path, local_registry, tiny_examples):
     tags = info["tags"]
     assert tags["trigger"] == "test" and tags["sift.eval_source"] == "split"
     assert tags["sift.model_version"] == "1" and len(tags.get("mlflow.source.git.commit", "")) == 40
-    files = {f.path for f in registry.client.list_artifacts(first.run_id, "report")}
+    files = set(registry.list_artifacts(first.run_id, "report"))
     assert {"report/confusion.png", "report/learning_curve.png", "report/summary.md"} <= files
     assert registry.version_tags("topics", "1")["dataset_fingerprint"] == first.dataset_fingerprint
 
