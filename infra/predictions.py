@@ -16,12 +16,16 @@ import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
 
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from infra.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 
+DROPPED = Counter("sift_prediction_records_dropped_total",
+                  "prediction records never stored: the object store was down past the memory bound "
+                  "(feedback on them must send text and label)")
 SEGMENT_CHARS = 24
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -52,7 +56,6 @@ class PredictionStore:
         self.flush_interval_s = flush_interval_s
         self.max_segment = max_segment
         self.max_unwritten = max_unwritten_segments
-        self.dropped = 0
         self._lock = threading.Lock()
         self._segment = _new_segment()
         self._records: list[PredictionRecord] = []
@@ -80,7 +83,7 @@ class PredictionStore:
             self._unwritten[self._segment] = self._records
             while len(self._unwritten) > self.max_unwritten:  # store down for long: bound memory
                 _, lost = self._unwritten.popitem(last=False)
-                self.dropped += len(lost)
+                DROPPED.inc(len(lost))
             self._segment, self._records = _new_segment(), []
 
     def _write_pending(self) -> None:

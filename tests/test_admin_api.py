@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -81,3 +83,38 @@ def test_duplicate_and_unknown(admin_client):
     assert r.status_code == 409 and "already exists" in r.json()["detail"]
     assert admin_client.delete("/v1/admin/classifiers/adm-nobody").status_code == 404
     assert admin_client.patch("/v1/admin/classifiers/adm-nobody", json={"threshold": 0.5}).status_code == 404
+
+
+def test_admin_onboarding_provisions_what_the_cli_does(sift_settings, label_studio):
+    """POST /v1/admin/classifiers goes through the one onboarding path: config and key, the Kafka
+    topics, the Label Studio project with its webhook, the project id stored in the config."""
+    from kafka import KafkaConsumer
+
+    from infra.bus import Bus
+    from infra.events import ALL_TOPICS
+    from review.labelstudio import WEBHOOK_PATH, ReviewProjects, project_title
+    from tests.bus_helpers import isolated
+
+    settings = isolated(sift_settings)  # a topic prefix nobody else provisioned
+    name = f"adm-{uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(settings, engine=ServingEngine(lambda n: None))) as client:
+        client.headers["x-admin-key"] = settings.admin_key
+        r = client.post("/v1/admin/classifiers", json={"name": name, "labels": ["earn", "acq"]})
+        assert r.status_code == 201, r.text
+        assert r.json()["warnings"] == []
+        project_id = r.json()["classifier"]["label_studio_project_id"]
+        assert project_id is not None
+        assert client.get(f"/v1/admin/classifiers/{name}").json()["label_studio_project_id"] == project_id
+
+    projects = ReviewProjects.from_settings(settings)
+    assert projects.project_exists(project_id, name)
+    assert projects.find_project(name) == project_id and project_title(name) in projects.client.projects.get(
+        project_id).title
+    hooks = [h for h in projects.client.webhooks.list(project=str(project_id)) if h.project == project_id]
+    assert [h.url for h in hooks] == [settings.public_api_url.rstrip("/") + WEBHOOK_PATH]
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        assert {Bus(settings).topic(t) for t in ALL_TOPICS} <= consumer.topics()
+    finally:
+        consumer.close()

@@ -30,3 +30,20 @@ def test_records_resolve_on_another_replica_and_stay_in_their_tenant(sift_settin
     assert reader.get("acme", "../../etc/passwd") is None
     writer.close()
     reader.close()
+
+
+def test_records_dropped_while_the_store_is_down_are_counted_in_metrics():
+    from prometheus_client import REGISTRY
+
+    from infra.local.procs import free_port
+    from infra.settings import Settings
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("sift_prediction_records_dropped_total") or 0
+
+    down = ObjectStore(Settings(s3_endpoint=f"http://127.0.0.1:{free_port()}", bucket="nowhere"))
+    before = dropped()
+    writer = PredictionStore(down, max_segment=1, max_unwritten_segments=2, flush_interval_s=3600)
+    for i in range(5):  # one segment each; only the two newest unwritten segments are kept
+        writer.record(_rec("acme", i))
+    assert dropped() - before == 3
