@@ -27,18 +27,10 @@ from infra.events import ReviewedLabel
 from infra.objectstore import ObjectStore
 from infra.reviewed import load_reviewed
 from infra.tenants import ClassifierConfig
+from infra.texts import text_hash
 from retrain import paths
 from retrain.dataio import LabeledText, fingerprint, label_counts
 from retrain.seed import load_seed
-
-
-def normalize(text: str) -> str:
-    """Case- and whitespace-insensitive form used for membership, duplicates and leakage."""
-    return " ".join(text.split()).casefold()
-
-
-def text_hash(classifier: str, text: str) -> str:
-    return hashlib.sha256(f"{classifier}\x1f{normalize(text)}".encode()).hexdigest()[:24]
 
 
 def in_eval_bucket(h: str, share: float) -> bool:

@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from infra.tenants import RetrainPolicy
-from retrain.assemble import AssembledDataset, normalize
+from infra.texts import normalize
+from retrain.assemble import AssembledDataset
 
 Severity = Literal["error", "warning"]
 MAX_EXAMPLES = 5

@@ -24,7 +24,6 @@ classifier) is consumed by one worker at a time, so each classifier's queue has 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from infra.events import ReviewRequest, ReviewSource
 from infra.objectstore import ObjectStore
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
+from infra.texts import text_hash
 from review.labelstudio import (
     LabelStudioNotFound,
     LabelStudioRejected,
@@ -53,11 +53,6 @@ ORIGIN_TEXT = {
     "batch_feedback": "batch feedback",
     "low_confidence": "the model was unsure",
 }
-
-
-def text_hash(text: str) -> str:
-    """Dedupe identity of a text within a classifier (exact text, whitespace-trimmed)."""
-    return hashlib.sha256(text.strip().encode()).hexdigest()[:40]
 
 
 def _now() -> datetime:
@@ -145,7 +140,7 @@ class ReviewItem(BaseModel):
 
     @classmethod
     def new(cls, req: ReviewRequest, generation: int = 0) -> ReviewItem:
-        item = cls(classifier=req.classifier, text_hash=text_hash(req.text), text=req.text,
+        item = cls(classifier=req.classifier, text_hash=text_hash(req.classifier, req.text), text=req.text,
                    generation=generation, origin=req.source, tier=tier_of(req), margin=margin_of(req),
                    first_requested_at=req.created_at, last_requested_at=req.created_at)
         item.merge(req)
@@ -241,7 +236,7 @@ class ReviewQueue:
             raise PermanentError(f"unknown classifier {req.classifier!r}")
         if not req.text.strip():
             raise PermanentError("empty text")
-        h = text_hash(req.text)
+        h = text_hash(req.classifier, req.text)
         item = self.load(req.classifier, h)
         if item is not None and req.event_id in item.event_ids:
             if item.state == "backlog" and item.backlog_key:
