@@ -165,12 +165,13 @@ def train(
     champion: bool = typer.Option(True, help="make it champion when there is none yet"),
 ) -> None:
     """Fine-tune the classifier's base encoder on labeled data and register a new version."""
+    from infra.registry import RegistryError
     from sift.training import train_command
 
     try:
         result = train_command(name, data, epochs=epochs, max_length=max_length, layers=layers, limit=limit,
                                make_champion_if_none=champion)
-    except ValueError as exc:
+    except (ValueError, RegistryError) as exc:  # a registry error is never read as "no champion yet"
         _fail(str(exc))
     _print(result)
 
