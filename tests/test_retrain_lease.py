@@ -126,3 +126,13 @@ def test_renewer_survives_an_s3_outage_and_keeps_the_lease(own_s3):
         assert json.loads(store.get_bytes(paths.lock("outage")))["token"] == lease.token
     finally:
         lease.release()
+
+
+def test_rollback_takes_the_lease_so_it_never_interleaves_with_a_job(s3_server):
+    from infra.registry import Registry
+    from retrain.promote import RollbackError, rollback
+
+    store, name = _store(s3_server), f"lease-{uuid.uuid4().hex[:8]}"
+    registry = Registry(Settings(mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}"))  # never reached
+    with ClassifierLease(store, name, holder="job 1"), pytest.raises(RollbackError, match="already running"):
+        rollback(registry, store, lambda event: None, name)
