@@ -94,8 +94,6 @@ def _definite(what: str) -> Iterator[None]:
 
 
 class Registry:
-    model_name = staticmethod(model_name)
-
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         configure_mlflow(self.settings)
