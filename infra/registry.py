@@ -163,11 +163,16 @@ class Registry:
         Read from the registered model's alias map: MLflow answers a missing alias by name with
         INVALID_PARAMETER_VALUE, which also means other things, so it cannot be read as "none".
         """
+        from mlflow.exceptions import MlflowException
+
         version = self.aliases(classifier).get(alias)
         if version is None:
             return None
-        with _definite(f"read version {version} of {classifier!r}"):
-            v = self.model_version(classifier, version)
+        try:
+            with _definite(f"read version {version} of {classifier!r}"):
+                v = self.model_version(classifier, version)
+        except MlflowException:  # deleted since the alias map was read
+            return None
         return ModelRef(classifier, str(v.version), v.run_id, v.source, tuple(v.aliases or []))
 
     def champion(self, classifier: str) -> ModelRef | None:
