@@ -1,4 +1,5 @@
-"""The per-classifier retrain lease on a real SeaweedFS: conditional writes decide every race."""
+"""The per-classifier retrain lease on a real SeaweedFS: conditional writes decide every race, and
+neither the lease renewer nor the worker's job thread dies of an S3 outage."""
 
 from __future__ import annotations
 
@@ -136,3 +137,30 @@ def test_rollback_takes_the_lease_so_it_never_interleaves_with_a_job(s3_server):
     registry = Registry(Settings(mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}"))  # never reached
     with ClassifierLease(store, name, holder="job 1"), pytest.raises(RollbackError, match="already running"):
         rollback(registry, store, lambda event: None, name)
+
+
+def test_worker_job_thread_survives_an_s3_outage(own_s3, caplog):
+    from infra.tenants import ClassifierConfig, TenantStore
+    from retrain.job import list_jobs
+    from retrain.worker import RetrainWorker
+
+    settings = Settings(s3_endpoint=own_s3.endpoint, s3_access_key="lease-test", s3_secret_key="lease-test-secret",
+                        s3_region="us-east-1", bucket="lease", mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    store = ObjectStore(settings)
+    cfg, _ = TenantStore(store).create(ClassifierConfig(name="outage-w", labels=["a", "b"]))
+    stop = threading.Event()
+    worker = RetrainWorker(settings, stop)
+    thread = threading.Thread(target=worker._job_loop, daemon=True)
+    thread.start()
+    try:
+        own_s3.stop()
+        worker.due.put(cfg.name, "schedule")
+        _wait(lambda: any("could not run the due retrain job" in r.getMessage() for r in caplog.records), 120,
+              "the job thread to hit the outage")
+        own_s3.start()
+        worker.due.put(cfg.name, "schedule")
+        _wait(lambda: any(j.done for j in list_jobs(store, cfg.name)), 120, "a job run by the same thread")
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(30)
