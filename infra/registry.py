@@ -244,6 +244,9 @@ class Registry:
                 raise
             return exp.experiment_id
 
+    def has_experiment(self, classifier: str) -> bool:
+        return self._client.get_experiment_by_name(model_name(classifier)) is not None
+
     def create_run(self, classifier: str, *, run_name: str | None, tags: dict[str, str],
                    artifact_location: str | None = None) -> str:
         exp_id = self.experiment_id(classifier, artifact_location)

@@ -251,7 +251,7 @@ def test_train_and_register_rejects_unknown_labels(local_registry):
     cfg = ClassifierConfig(name="topics", labels=["finance", "sports"])
     with pytest.raises(ValueError, match=r"classifier 'topics' does not know: \['weather'\]"):
         train_and_register(cfg, topic_rows(3), registry=local_registry)
-    assert local_registry.client.get_experiment_by_name(Registry.model_name("topics")) is None  # no run left
+    assert not local_registry.has_experiment("topics")  # no run left
 
 
 def test_train_spec_resolves_the_policy_once():
