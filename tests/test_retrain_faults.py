@@ -24,11 +24,10 @@ from tests.retrain_helpers import make_classifier, reviewed, seed_classifier, we
 ONE_CANDIDATE = JobOptions(candidates=[CandidateSpec(name="fresh", init="base", num_hidden_layers=1, epochs=3)])
 
 
-@pytest.fixture(autouse=True)
-def _fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLflow retries a refused connection for minutes by default; one try says the same."""
+def _no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow retries a refused connection for minutes by default; against a dead port one try says
+    the same (only set where MLflow is meant to be unreachable: live calls keep their retries)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def _alerts(classifier: str, stage: str) -> float:
     return REGISTRY.get_sample_value("sift_retrain_failures_total", {"classifier": classifier, "stage": stage}) or 0
 
 
-def test_no_champion_only_when_mlflow_says_so(sift_settings, mlflow_server, tiny_model_dir):
+def test_no_champion_only_when_mlflow_says_so(sift_settings, mlflow_server, tiny_model_dir, monkeypatch):
     live = Registry(sift_settings)
     assert live.champion("never-registered") is None and live.versions("never-registered") == []
     cfg, _ = make_classifier(sift_settings)
@@ -48,6 +47,7 @@ def test_no_champion_only_when_mlflow_says_so(sift_settings, mlflow_server, tiny
     assert live.champion(cfg.name).version == version
     assert live.get_alias(cfg.name, "previous-champion") is None  # registered model, alias never set
 
+    _no_retries(monkeypatch)
     dead = Registry(sift_settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"}))
     for read in (lambda: dead.champion(cfg.name), lambda: dead.versions(cfg.name),
                  lambda: list_models(dead, cfg.name)):
@@ -84,7 +84,8 @@ def _seeded_with_labels(settings, n_per_label: int = 4) -> tuple[str, int]:
     return cfg.name, triggers.new_labels(cfg.name)
 
 
-def test_unreachable_registry_fails_the_job_trains_nothing_and_keeps_the_trigger_armed(sift_settings):
+def test_unreachable_registry_fails_the_job_trains_nothing_and_keeps_the_trigger_armed(sift_settings, monkeypatch):
+    _no_retries(monkeypatch)
     # sift_settings without the mlflow_server fixture points MLflow at a closed port
     name, armed = _seeded_with_labels(sift_settings)
     assert armed == 12
