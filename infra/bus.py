@@ -18,6 +18,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from infra.events import ALL_TOPICS, TOPIC_DEAD_LETTER, DeadLetter, Event, parse_event
+from infra.metrics import count_dead_letter, export_lag
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ def run_consumer(
         )
         # wait for the ack: the poison record is committed only once its copy is safe
         dead_letter_producer.send(dl_topic, dl.to_bytes(), key=dl.key()).get(timeout=15)
+        count_dead_letter(record.topic, error)
         log.warning("dead-lettered %s@%s:%s: %s", record.topic, record.partition, record.offset, error)
 
     def commit(tp: TopicPartition, offset: int) -> None:
@@ -215,6 +217,7 @@ def run_consumer(
     while not stop.is_set():
         try:
             batches = consumer.poll(timeout_ms=poll_timeout_ms)
+            export_lag(consumer)
         except KafkaError:
             log.warning("poll failed; backing off", exc_info=True)
             stop.wait(min(max_backoff_s, backoff_s * 2 ** min(failures, 8)))

@@ -42,6 +42,7 @@ from pydantic import BaseModel
 
 from infra.bus import Bus
 from infra.events import TOPIC_DEAD_LETTER, DeadLetter, Event, new_id
+from infra.metrics import count_dead_letter, watch_spool
 from infra.settings import Settings
 from infra.spool import Spool, SpooledRecord
 
@@ -113,6 +114,7 @@ class EventPublisher:
         self.settings = settings
         self.bus = bus or Bus(settings, client_id="sift-publisher")
         self.spool = spool or Spool(settings.spool_dir)
+        watch_spool(self.spool)
         self._ensure_topics = ensure_topics
         self._producer_overrides = producer_overrides or {}
         self._queue: queue.Queue[SpooledRecord] = queue.Queue(queue_size)
@@ -159,6 +161,7 @@ class EventPublisher:
     def _dead_letter(self, record: SpooledRecord, reason: str) -> SpooledRecord:
         """A bounded DeadLetter record standing in for ``record``, which can never be delivered."""
         self._count(dead_lettered=1)
+        count_dead_letter(record.topic, reason)
         log.error("event %s for %s cannot be delivered (%s): dead-lettered", record.event_id, record.topic, reason)
         text = record.value.decode("utf-8", errors="replace")
         if len(text) > DEAD_LETTER_PAYLOAD_CHARS:

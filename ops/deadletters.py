@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from infra.bus import Bus
 from infra.events import TOPIC_DEAD_LETTER, DeadLetter
+from infra.metrics import dead_letter_reason
 from infra.objectstore import ObjectStore
 from infra.settings import Settings
 
@@ -76,10 +77,7 @@ class DeadLetterGroup(BaseModel):
     status: Status
 
 
-def reason_of(error: str) -> str:
-    """The error's kind: ``unparsable``, ``permanent``, ``failed`` (after retries), ``too-large``…"""
-    head = error.split(":", 1)[0].strip()
-    return "failed" if head.startswith("failed ") else head or "unknown"
+reason_of = dead_letter_reason
 
 
 def _event_id(payload: str) -> str | None:

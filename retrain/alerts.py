@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger("sift.retrain.alerts")
 
@@ -20,6 +20,11 @@ FAILURES = Counter("sift_retrain_failures_total", "Retrain jobs that failed or w
                    ["classifier", "stage"])
 DURATION = Histogram("sift_retrain_job_seconds", "Retrain job duration", ["classifier"],
                      buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+
+PHASES = Histogram("sift_retrain_phase_seconds", "Retrain job phase duration (assemble, validate, train:<c>...)",
+                   ["classifier", "phase"], buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600))
+RUNNING_SINCE = Gauge("sift_retrain_running_since_seconds",
+                      "Unix time the classifier's running retrain job started (0: none running here)", ["classifier"])
 
 
 def alert(classifier: str, stage: str, message: str, *, webhook_url: str | None = None,
@@ -31,7 +36,8 @@ def alert(classifier: str, stage: str, message: str, *, webhook_url: str | None 
         return True
     import httpx
 
-    body = {"classifier": classifier, "stage": stage, "message": message, "details": details or {},
+    body = {"text": f"Sift retrain of {classifier} failed at {stage}: {message}"[:3000],  # Slack-style receivers
+            "classifier": classifier, "stage": stage, "message": message, "details": details or {},
             "source": "sift-retrain", "at": time.time()}
     for attempt in range(2):
         try:

@@ -33,7 +33,7 @@ from infra.tenants import ClassifierConfig, TenantStore
 from model.evaluate import EvalReport, evaluate
 from model.format import read_meta
 from retrain import paths
-from retrain.alerts import DURATION, JOBS, alert
+from retrain.alerts import DURATION, JOBS, PHASES, RUNNING_SINCE, alert
 from retrain.assemble import AssembledDataset, DatasetVersion, assemble
 from retrain.bless import Verdict, bless, record_verdict
 from retrain.lock import ClassifierLease, LeaseLost, LockBusy
@@ -167,7 +167,9 @@ class RetrainJob:
         try:
             yield
         finally:
-            self.record.phases.append(Phase(name=name, seconds=round(time.monotonic() - t0, 3), started_at=started))
+            seconds = time.monotonic() - t0
+            self.record.phases.append(Phase(name=name, seconds=round(seconds, 3), started_at=started))
+            PHASES.labels(self.record.classifier, name.split(":", 1)[0]).observe(seconds)
             self.save()
 
     def _finish(self, status: Status, reason: str, cfg: ClassifierConfig | None = None, *,
@@ -210,6 +212,7 @@ class RetrainJob:
         assert lease is not None
         cfg: ClassifierConfig | None = None
         work = Path(tempfile.mkdtemp(prefix=f"sift-retrain-{c}-"))
+        RUNNING_SINCE.labels(c).set(time.time())  # a stuck job shows as an ever older start
         try:
             cfg = TenantStore(self.store).require(c)
             triggers = Triggers(self.store)
@@ -222,6 +225,7 @@ class RetrainJob:
             return self._finish("failed", f"job failed: {self.record.error}; the champion keeps serving", cfg,
                                 alert_stage="job")
         finally:
+            RUNNING_SINCE.labels(c).set(0)
             lease.release()
             self._lease = None
             shutil.rmtree(work, ignore_errors=True)

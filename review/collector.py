@@ -37,6 +37,7 @@ from infra.reviewed import write_reviewed
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
 from review.labelstudio import FinishedAnnotation, LabelStudioUnavailable, ReviewProjects, parse_annotation
+from review.metrics import RECONCILED, WEBHOOKS
 
 log = logging.getLogger(__name__)
 
@@ -157,18 +158,22 @@ class Collector:
         """Process one ANNOTATION_CREATED/UPDATED payload; True when a new record was written."""
         task, annotation = payload.get("task") or {}, payload.get("annotation") or {}
         if not task or not annotation or "id" not in annotation:
+            WEBHOOKS.labels("ignored").inc()
             return False
         project = payload.get("project") or {}
         project_id = project.get("id") if isinstance(project, dict) else task.get("project")
         cfg = self.classifier_of(project_id, task.get("data") or {})
         if cfg is None:
             log.warning("webhook for task %s of an unknown project %s ignored", task.get("id"), project_id)
+            WEBHOOKS.labels("ignored").inc()
             return False
         ann = parse_annotation(task, annotation)
         if ann.reviewer is None and ann.reviewer_id is not None:
             with contextlib.suppress(LabelStudioUnavailable):
                 ann.reviewer = self.projects.user_email(ann.reviewer_id)
-        return self.record(cfg.name, ann, labels=cfg.labels)
+        recorded = self.record(cfg.name, ann, labels=cfg.labels)
+        WEBHOOKS.labels("recorded" if recorded else "known").inc()
+        return recorded
 
     def reconcile(self, classifier: str, *, full: bool = False) -> ReconcileReport:
         """Read finished tasks through the API and record whatever is missing.
@@ -197,6 +202,7 @@ class Collector:
                 report.annotations_seen += 1
                 report.recorded += self.record(classifier, ann, known, labels=cfg.labels)
         self.store.put_json(state_key, {"watermark": began.isoformat()})
+        RECONCILED.labels(classifier).inc(report.recorded)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 

@@ -44,6 +44,7 @@ from review.labelstudio import (
     TaskSpec,
     ensure_project,
 )
+from review.metrics import BACKLOG, OPEN_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,9 @@ class ReviewQueue:
 
     def _refill(self, cfg: ClassifierConfig, keys: list[str]) -> int:
         project_id = self._project(cfg)
-        need = cfg.review_window - self.projects.count_open(project_id)
+        open_tasks = self.projects.count_open(project_id)
+        OPEN_TASKS.labels(cfg.name).set(open_tasks)
+        need = cfg.review_window - open_tasks
         if need <= 0:
             return 0
         batch: list[tuple[str, ReviewItem]] = []
@@ -367,3 +370,4 @@ class ReviewQueue:
         """Periodic upkeep: sync task data left stale by an outage, refill the window."""
         self.sync_dirty(cfg.name)
         self.refill(cfg)
+        BACKLOG.labels(cfg.name).set(self.backlog_size(cfg.name))
