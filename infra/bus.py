@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -244,3 +245,30 @@ def run_consumer(
         else:
             failures = 0
 
+
+
+def consumer_lag(settings: Settings, group_id: str, shorts: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:
+    """Records each partition's high watermark is ahead of ``group_id``'s committed offset ("topic:partition").
+
+    Reads the committed offsets without joining the group (no rebalance of the real consumers) and
+    learns the high watermark from one fetch, since ``end_offsets`` is wrong on Tansu.
+    """
+    bus = Bus(settings, client_id="sift-lag")
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group_id,
+                             client_id=f"sift-lag-{group_id}", enable_auto_commit=False,
+                             max_partition_fetch_bytes=1024, fetch_max_bytes=1024)
+    try:
+        tps = [TopicPartition(bus.topic(s), p) for s in shorts
+               for p in sorted(consumer.partitions_for_topic(bus.topic(s)) or ())]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        committed = {tp: consumer.committed(tp) or 0 for tp in tps}
+        for tp, offset in committed.items():
+            consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.highwater(tp) is None for tp in tps) and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200)
+        return {f"{tp.topic}:{tp.partition}": max(0, (consumer.highwater(tp) or 0) - committed[tp]) for tp in tps}
+    finally:
+        consumer.close()

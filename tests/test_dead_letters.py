@@ -10,10 +10,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from infra.events import TOPIC_REVIEW_REQUESTS
 from infra.tenants import ClassifierConfig
+from infra.texts import text_hash
 from ops.api import router as dead_letters_router
 from ops.deadletters import DeadLetters
 from review.labelstudio import ensure_project
-from review.queue import text_hash
 from review.worker import GROUP_ID
 from tests.bus_helpers import wait_until
 from tests.review_fixtures import LABELS, ReviewEnv, WorkerThread, review_env_fixture  # noqa: F401
@@ -74,7 +74,7 @@ def test_poison_request_is_dead_lettered_fixed_replayed_and_processed_once(revie
         assert admin.post("/v1/admin/dead-letters/replay", json={"ids": [entry_id]}).status_code == 200
         assert wait_until(lambda: _committed(env) == 3, 60, 0.5)
         assert _task_count(env, project) == 1
-        item = env.queue().load(late, text_hash(poison.text))
+        item = env.queue().load(late, text_hash(late, poison.text))
         assert item is not None and item.event_ids.count(poison.event_id) == 1
     finally:
         worker.halt()

@@ -20,10 +20,10 @@ from prometheus_client import REGISTRY
 from infra.http import Services
 from infra.local.procs import LOOPBACK, free_port
 from infra.publisher import EventPublisher
+from infra.reviewed import load_reviewed
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig
 from review.api import build_collector, router
-from review.collector import load_reviewed
 from review.labelstudio import WEBHOOK_PATH, WEBHOOK_SECRET_HEADER, choice_result
 from tests.bus_helpers import isolated, read_topic
 
