@@ -246,7 +246,6 @@ def run_consumer(
             failures = 0
 
 
-
 def consumer_lag(settings: Settings, group_id: str, shorts: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:
     """Records each partition's high watermark is ahead of ``group_id``'s committed offset ("topic:partition").
 
