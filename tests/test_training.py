@@ -124,7 +124,6 @@ def test_fingerprint_split_and_sample_are_deterministic(tmp_path):
 
 def test_tiny_fine_tune_learns_separable_topics(tiny_train_result, tiny_model_dir):
     result = tiny_train_result
-    assert result.seconds < 300, result.seconds  # ~8-15 s alone on 2 cores; only catches pathologies
     assert result.steps == 45 and result.epochs_completed == 3 and not result.stopped_by_time_budget
     assert [h.epoch for h in result.history] == [1, 2, 3]
     assert result.history[-1].train_loss < result.history[0].train_loss
