@@ -97,18 +97,24 @@ def test_priority_user_errors_first_then_smallest_margin_within_window(review_en
     assert sorted(t["data"]["text"] for t in env.tasks()) == sorted([*margins, "user says wrong"])
 
 
-def test_annotation_arrives_as_event_and_in_dataset_once(review_env: ReviewEnv) -> None:
-    env = review_env
+def _answer_two(env: ReviewEnv) -> dict[str, dict]:
+    """Two requests become tasks; the reviewer labels one 'sports' and skips the other; both reach
+    the dataset through the webhook. Returns the tasks by text."""
     queue = env.queue()
     queue.submit(env.request("Late goal wins the derby", predicted_label="tech", confidence=0.45))
     queue.submit(env.request("Nothing fits this one", predicted_label="tech", confidence=0.3))
     tasks = {t["data"]["text"]: t for t in env.tasks()}
     assert len(tasks) == 2
-
     client = env.projects.client
     client.annotations.create(id=tasks["Late goal wins the derby"]["id"], result=choice_result("sports"))
     client.annotations.create(id=tasks["Nothing fits this one"]["id"], result=[], was_cancelled=True)
     assert wait_until(lambda: len(env.dataset_keys()) == 2, 20, 0.2), env.dataset_keys()
+    return tasks
+
+
+def test_annotation_arrives_as_event_and_in_dataset_once(review_env: ReviewEnv) -> None:
+    env = review_env
+    tasks = _answer_two(env)
 
     events = env.reviewed_events(expect=2)
     assert len(events) == 2
@@ -129,17 +135,24 @@ def test_annotation_arrives_as_event_and_in_dataset_once(review_env: ReviewEnv) 
     assert report.recorded == 0 and report.annotations_seen == 2
     assert len(env.dataset_keys()) == 2
 
-    # the reviewer changes their mind: a new record, and the latest review wins on read
+
+def test_a_changed_review_adds_a_record_and_the_latest_wins(review_env: ReviewEnv) -> None:
+    env = review_env
+    tasks = _answer_two(env)
+    client = env.projects.client
     ann_id = client.annotations.list(id=tasks["Late goal wins the derby"]["id"])[0].id
     client.annotations.update(id=ann_id, result=choice_result("politics"))
     assert wait_until(lambda: len(env.dataset_keys()) == 3, 20, 0.2)
     assert [r.label for r in env.reviewed()] == ["politics"]
 
-    # status, by the classifier's key and by the admin key
+
+def test_review_status_by_key_by_admin_and_from_the_cli(review_env: ReviewEnv) -> None:
+    env = review_env
+    _answer_two(env)
     url = f"{env.api.url}/v1/classifiers/{env.name}/review/status"
     status = httpx.get(url, headers={"x-api-key": env.api_key}).json()  # type: ignore[attr-defined]
     assert status["reviewed"] == 1 and status["skipped"] == 1 and status["pending_tasks"] == 0
-    assert status["reviewed_per_label"] == {"politics": 1} and status["agreement"] == 0.0
+    assert status["reviewed_per_label"] == {"sports": 1} and status["agreement"] == 0.0
     assert httpx.get(url, headers={"x-admin-key": env.settings.admin_key}).status_code == 200
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"x-admin-key": "nope"}).status_code == 403
@@ -147,7 +160,7 @@ def test_annotation_arrives_as_event_and_in_dataset_once(review_env: ReviewEnv) 
     # the same status from `sift review status NAME` (settings from SIFT_*, as the CLI reads them)
     result = CliRunner().invoke(review_cli.app, ["status", env.name])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["reviewed_per_label"] == {"politics": 1}
+    assert json.loads(result.output)["reviewed_per_label"] == {"sports": 1}
     assert CliRunner().invoke(review_cli.app, ["status", "no-such-classifier"]).exit_code == 1
 
 
