@@ -176,15 +176,15 @@ def main() -> None:
     model_dir = make_model_dir(work / "model")
 
     s3 = SeaweedServer(work / "s3", access_key="bench", secret_key="bench-secret-key", log_dir=work,
-                       die_with_parent=True).start()
+                       die_with_parent=True).start(timeout=300)
     ensure_bucket(s3.client, "sift-bench")
     ensure_bucket(s3.client, "sift-bench-kafka")
     broker = TansuBroker.on_s3(work / "tansu", bucket="sift-bench-kafka", s3_endpoint=s3.endpoint,
                                s3_access_key="bench", s3_secret_key="bench-secret-key", port=free_port(),
-                               die_with_parent=True).start()
+                               die_with_parent=True).start(timeout=300)
     mlf = MlflowServer(work / "mlflow", s3_endpoint=s3.endpoint, s3_access_key="bench",
                        s3_secret_key="bench-secret-key", bucket="sift-bench", log_dir=work,
-                       die_with_parent=True).start()
+                       die_with_parent=True).start(timeout=300)
     sift_port, base_port = free_port(), free_port()
     settings = Settings(data_dir=work / "data", s3_endpoint=s3.endpoint, s3_access_key="bench",
                         s3_secret_key="bench-secret-key", bucket="sift-bench",

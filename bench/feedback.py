@@ -213,7 +213,7 @@ def classify_phases(settings: Settings, work: Path, s3: SeaweedServer, args: arg
     from infra.local.mlflow_server import MlflowServer
 
     mlf = MlflowServer(work / "mlflow", s3_endpoint=s3.endpoint, s3_access_key=settings.s3_access_key,
-                       s3_secret_key=settings.s3_secret_key, bucket=settings.bucket, log_dir=work).start()
+                       s3_secret_key=settings.s3_secret_key, bucket=settings.bucket, log_dir=work).start(timeout=300)
     settings = settings.model_copy(update={"mlflow_tracking_uri": mlf.tracking_uri})
     env = settings_env(settings)
     texts_file = work / "texts.json"

@@ -57,7 +57,7 @@ def start_services(tmp: Path) -> tuple[Settings, list]:
     kafka = TansuBroker.on_s3(tmp / "kafka", bucket="sift-kafka", s3_endpoint=s3.endpoint, s3_access_key=ACCESS,
                               s3_secret_key=SECRET, port=free_port(), die_with_parent=True).start()
     mlflow = MlflowServer(tmp / "mlflow", port=free_port(), s3_endpoint=s3.endpoint, s3_access_key=ACCESS,
-                          s3_secret_key=SECRET, bucket="sift", die_with_parent=True).start()
+                          s3_secret_key=SECRET, bucket="sift", die_with_parent=True).start(timeout=300)
     settings = Settings(data_dir=tmp / "data", s3_endpoint=s3.endpoint, s3_access_key=ACCESS, s3_secret_key=SECRET,
                         bucket="sift", kafka_bootstrap=kafka.bootstrap, mlflow_tracking_uri=mlflow.tracking_uri,
                         model_poll_seconds=600.0, torch_threads=1)
