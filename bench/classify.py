@@ -78,12 +78,12 @@ def calibrate(base_url: str, name: str, key: str, admin_key: str, texts: list[st
     quantile of the confidences (so that share falls below it) through the admin API, as an
     operator would. Each variant is calibrated on its own confidences (int8 shifts them a little)."""
     confidences: list[float] = []
-    with httpx.Client(base_url=base_url, timeout=120) as client:
+    with httpx.Client(base_url=base_url, timeout=600) as client:
         r = client.patch(f"/v1/admin/classifiers/{name}", json={"threshold": 0.0001},
                          headers={"x-admin-key": admin_key})
         r.raise_for_status()
-        for i in range(0, len(texts), 64):
-            r = client.post(f"/v1/classifiers/{name}/classify", json={"texts": texts[i:i + 64]},
+        for i in range(0, len(texts), 16):
+            r = client.post(f"/v1/classifiers/{name}/classify", json={"texts": texts[i:i + 16]},
                             headers={"x-api-key": key})
             r.raise_for_status()
             confidences += [res["confidence"] for res in r.json()["results"]]

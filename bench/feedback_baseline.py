@@ -43,6 +43,10 @@ def build() -> FastAPI:
     topic = bus.topic(TOPIC_REVIEW_REQUESTS)
     app = FastAPI()
 
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.post("/v1/classifiers/{name}/feedback", status_code=202)
     def feedback(name: str, body: Feedback) -> dict[str, str]:
         ev = ReviewRequest(classifier=name, text=body.text, predicted_label=body.label, source="user_feedback",
