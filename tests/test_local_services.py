@@ -264,6 +264,7 @@ def _stack_settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.mark.integration  # spawns HTTP servers itself, without a fixture
 def test_down_stops_every_process_of_two_detached_ups(tmp_path: Path) -> None:
     """A second `sift up --detach` replaces the first one's processes; `sift down` then leaves nothing running."""
     settings = _stack_settings(tmp_path)
@@ -280,6 +281,7 @@ def test_down_stops_every_process_of_two_detached_ups(tmp_path: Path) -> None:
     assert not any(row.get("running") for row in LocalStack(settings).status().values())
 
 
+@pytest.mark.integration  # spawns HTTP servers itself, without a fixture
 def test_down_stops_a_supervising_up_in_another_process(tmp_path: Path) -> None:
     """`sift down` stops the supervisor first, so it cannot restart what `sift down` stopped."""
     settings = _stack_settings(tmp_path)
