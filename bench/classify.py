@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import machine  # noqa: E402
 from infra.local.mlflow_server import MlflowServer  # noqa: E402
+from infra.local.procs import _die_with_parent as die_with_parent  # noqa: E402
 from infra.local.procs import free_port, wait_until  # noqa: E402
 from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402
 from infra.local.stack import settings_env  # noqa: E402
@@ -131,7 +132,9 @@ def run_load(url: str, key: str, texts_file: Path, *, concurrency: int = 16, rat
 
 def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready_path: str = "/healthz"
           ) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    # preexec: the server dies with this process, so an interrupted benchmark leaves nothing running
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent)
     ok = wait_until(lambda: _get(f"http://127.0.0.1:{port}{ready_path}"), timeout=600)
     if not ok:
         proc.kill()

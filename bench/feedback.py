@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from infra.local.procs import _die_with_parent as die_with_parent  # noqa: E402
 from infra.local.procs import free_port, wait_until  # noqa: E402
 from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402
 from infra.local.stack import settings_env  # noqa: E402
@@ -123,8 +124,9 @@ def bare_producer_rate(settings: Settings, n: int) -> float:
 
 
 def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready: str = "/healthz") -> subprocess.Popen:
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            cwd=ROOT)
+    # preexec: the server dies with this process, so an interrupted benchmark leaves nothing running
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            preexec_fn=die_with_parent)
 
     def up() -> bool:
         try:
@@ -213,7 +215,8 @@ def classify_phases(settings: Settings, work: Path, s3: SeaweedServer, args: arg
     from infra.local.mlflow_server import MlflowServer
 
     mlf = MlflowServer(work / "mlflow", s3_endpoint=s3.endpoint, s3_access_key=settings.s3_access_key,
-                       s3_secret_key=settings.s3_secret_key, bucket=settings.bucket, log_dir=work).start(timeout=300)
+                       s3_secret_key=settings.s3_secret_key, bucket=settings.bucket, log_dir=work,
+                       die_with_parent=True).start(timeout=300)
     settings = settings.model_copy(update={"mlflow_tracking_uri": mlf.tracking_uri})
     env = settings_env(settings)
     texts_file = work / "texts.json"
@@ -277,11 +280,13 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="sift-bench-fb-"))
-    s3 = SeaweedServer(work / "s3", access_key="bench", secret_key="bench-secret-key", log_dir=work).start()
+    s3 = SeaweedServer(work / "s3", access_key="bench", secret_key="bench-secret-key", log_dir=work,
+                       die_with_parent=True).start(timeout=300)
     ensure_bucket(s3.client, "sift-bench")
     ensure_bucket(s3.client, "sift-bench-kafka")
     broker = TansuBroker.on_s3(work / "tansu", bucket="sift-bench-kafka", s3_endpoint=s3.endpoint,
-                               s3_access_key="bench", s3_secret_key="bench-secret-key").start()
+                               s3_access_key="bench", s3_secret_key="bench-secret-key",
+                               die_with_parent=True).start(timeout=300)
     settings = Settings(data_dir=work / "data", s3_endpoint=s3.endpoint, s3_access_key="bench",
                         s3_secret_key="bench-secret-key", bucket="sift-bench", kafka_bootstrap=broker.bootstrap,
                         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
