@@ -134,7 +134,7 @@ def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready: str
         except httpx.HTTPError:
             return False
 
-    if not wait_until(up, 240):
+    if not wait_until(up, 600):
         proc.kill()
         raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
     return proc
