@@ -297,7 +297,16 @@ def main() -> None:
         broker.stop()
         s3.stop()
 
+    print(json.dumps(fb, indent=2, default=str), flush=True)  # raw figures first: a failed phase shows here
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from bench.common import machine
+
+    args.out.write_text(json.dumps({"feedback": fb, "classify": cl, "machine": machine(args.note)}, indent=2,
+                                   default=str))
     b, f, bare = fb["baseline"], fb["sift"], fb["bare_producer_events_per_s"]
+
+    def ratio(x: float, y: float) -> str:
+        return f"{x / y:.2f}x" if y else "n/a"
     lines = [
         f"feedback benchmark: {args.concurrency} clients, {args.duration:.0f} s, batch {args.batch_rows:,} rows, "
         "Tansu on SeaweedFS, loopback; baseline = HTTP endpoint producing each event with acks=all before answering",
@@ -305,15 +314,15 @@ def main() -> None:
         "| path | metric | baseline | Sift | Sift/baseline |",
         "|---|---|---|---|---|",
         f"| POST /feedback → topic | events/s | {b['single']['events_per_s']:,.0f} | {f['single']['events_per_s']:,.0f}"
-        f" | {f['single']['events_per_s'] / b['single']['events_per_s']:.2f}x |",
+        f" | {ratio(f['single']['events_per_s'], b['single']['events_per_s'])} |",
         f"| POST /feedback | p50 ms | {b['single']['p50_ms']:.1f} | {f['single']['p50_ms']:.1f} | "
-        f"{b['single']['p50_ms'] / f['single']['p50_ms']:.2f}x |",
+        f"{ratio(b['single']['p50_ms'], f['single']['p50_ms'])} |",
         f"| POST /feedback | p99 ms | {b['single']['p99_ms']:.1f} | {f['single']['p99_ms']:.1f} | "
-        f"{b['single']['p99_ms'] / f['single']['p99_ms']:.2f}x |",
+        f"{ratio(b['single']['p99_ms'], f['single']['p99_ms'])} |",
         f"| POST /feedback | errors | {b['single']['errors']} | {f['single']['errors']} | |",
         f"| POST /feedback/batch → topic | rows/s | {b['batch']['rows_per_s']:,.0f} | "
         f"{f['batch']['rows_per_s']:,.0f} | "
-        f"{f['batch']['rows_per_s'] / b['batch']['rows_per_s']:.2f}x |",
+        f"{ratio(f['batch']['rows_per_s'], b['batch']['rows_per_s'])} |",
         f"| POST /feedback/batch | response s | {b['batch']['response_s']:.1f} | {f['batch']['response_s']:.1f} | |",
         f"| POST /feedback/batch | rows on topic | {b['batch']['on_topic']:,} | {f['batch']['on_topic']:,} | |",
         "",
