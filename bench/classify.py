@@ -2,14 +2,20 @@
 
 Same model (the shipped MiniLM encoder with an 8-label head), same texts (Reuters R8 newswire,
 truncated to 128 tokens), same load from a separate process on loopback. Each server runs alone
-(the other is stopped) so they do not share the 2 cores. Phases, bounded in time:
+(the other is stopped) so they do not share the 2 cores. Sift runs as a user runs it: the full
+app with SeaweedFS, MLflow and Kafka (Tansu) up, the model watcher on, and low-confidence routing
+live at a realistic share: each variant first classifies every bench text once, and the
+classifier's threshold is set (admin API) at the ROUTED_SHARE quantile of those confidences, so
+about 10% of texts fall below it and are published to review. The share each phase actually
+routed is measured from the answers, and the events on the topic are counted at the end.
+Phases, bounded in time:
 
 1. closed loop, 16 concurrent clients, DURATION seconds each: texts/s, p50, p99;
 2. open loop at half the baseline's closed-loop throughput (a load the baseline sustains; at 80% its
    latency sometimes runs away, since every request competes for the same cores):
    p50/p99 of both.
 
-    .venv/bin/python bench/classify.py [--duration 20] [--concurrency 16]
+    .venv/bin/python bench/classify.py [--duration 20] [--concurrency 16] [--texts 500]
 """
 
 from __future__ import annotations
@@ -28,13 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.common import machine  # noqa: E402
 from infra.local.mlflow_server import MlflowServer  # noqa: E402
+from infra.local.procs import _die_with_parent as die_with_parent  # noqa: E402
 from infra.local.procs import free_port, wait_until  # noqa: E402
 from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402
 from infra.local.stack import settings_env  # noqa: E402
+from infra.local.tansu import TansuBroker  # noqa: E402
 from infra.settings import Settings, default_base_model  # noqa: E402
 
 OPEN_LOOP_SHARE = 0.5
+ROUTED_SHARE = 0.10  # share of the bench texts whose confidence falls below the threshold
 # Sift's serving variants: name -> (column title, environment)
 VARIANTS = {
     "sift_fp32": ("Sift torch fp32 (batching only)", {"SIFT_SERVING_RUNTIME": "torch", "SIFT_QUANTIZE": "none"}),
@@ -52,6 +62,7 @@ def make_model_dir(out: Path) -> Path:
 
 
 def bench_texts(n: int = 500) -> list[str]:
+    """Reuters R8 test texts (synthetic newswire-length texts if the corpus cannot be loaded)."""
     try:
         from demo.corpora import load_corpus
 
@@ -61,6 +72,52 @@ def bench_texts(n: int = 500) -> list[str]:
         words = ("oil prices rose as the company said quarterly net profit shares trade deficit "
                  "bank rates").split()
         return [" ".join(words[(i + j) % len(words)] for j in range(90)) for i in range(n)]
+
+
+def calibrate(base_url: str, name: str, key: str, admin_key: str, texts: list[str]) -> dict:
+    """Classify every text once (nothing routed), then set the threshold at the ROUTED_SHARE
+    quantile of the confidences (so that share falls below it) through the admin API, as an
+    operator would. Each variant is calibrated on its own confidences (int8 shifts them a little)."""
+    confidences: list[float] = []
+    with httpx.Client(base_url=base_url, timeout=600) as client:
+        r = client.patch(f"/v1/admin/classifiers/{name}", json={"threshold": 0.0001},
+                         headers={"x-admin-key": admin_key})
+        r.raise_for_status()
+        for i in range(0, len(texts), 16):
+            r = client.post(f"/v1/classifiers/{name}/classify", json={"texts": texts[i:i + 16]},
+                            headers={"x-api-key": key})
+            r.raise_for_status()
+            confidences += [res["confidence"] for res in r.json()["results"]]
+        ranked = sorted(confidences)
+        threshold = ranked[int(ROUTED_SHARE * len(ranked))]
+        r = client.patch(f"/v1/admin/classifiers/{name}", json={"threshold": threshold},
+                         headers={"x-admin-key": admin_key})
+        r.raise_for_status()
+    below = sum(c < threshold for c in confidences) / len(confidences)
+    return {"threshold": threshold, "share_below": below, "min": ranked[0], "max": ranked[-1]}
+
+
+def count_topic(settings: Settings, short: str) -> int:
+    """Records on a single-partition topic, read to the high watermark the fetches report."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from infra.bus import Bus
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
+                             auto_offset_reset="earliest", max_poll_records=5000)
+    tp = TopicPartition(Bus(settings).topic(short), 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    n = 0
+    try:
+        for _ in range(600):  # at most ~2 min
+            n += sum(len(r) for r in consumer.poll(timeout_ms=200).values())
+            high = consumer.highwater(tp)
+            if high is not None and consumer.position(tp) >= high:
+                break
+    finally:
+        consumer.close()
+    return n
 
 
 def run_load(url: str, key: str, texts_file: Path, *, concurrency: int = 16, rate: float = 0,
@@ -75,8 +132,10 @@ def run_load(url: str, key: str, texts_file: Path, *, concurrency: int = 16, rat
 
 def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready_path: str = "/healthz"
           ) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    ok = wait_until(lambda: _get(f"http://127.0.0.1:{port}{ready_path}"), timeout=180)
+    # preexec: the server dies with this process, so an interrupted benchmark leaves nothing running
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent)
+    ok = wait_until(lambda: _get(f"http://127.0.0.1:{port}{ready_path}"), timeout=600)
     if not ok:
         proc.kill()
         raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
@@ -102,6 +161,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--texts", type=int, default=500, help="bench texts (Reuters R8 test split)")
+    ap.add_argument("--note", default="", help="written into the results file (e.g. what else loaded the machine)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "classify.json")
     ap.add_argument("--variants", default=",".join(["baseline", *VARIANTS]),
                     help="subset to run while investigating (the table needs all three)")
@@ -112,49 +173,60 @@ def main() -> None:
     variants = set(args.variants.split(","))
 
     work = Path(tempfile.mkdtemp(prefix="sift-bench-"))
+    texts = bench_texts(args.texts)
     texts_file = work / "texts.json"
-    texts_file.write_text(json.dumps(bench_texts()))
+    texts_file.write_text(json.dumps(texts))
     model_dir = make_model_dir(work / "model")
 
-    s3 = SeaweedServer(work / "s3", access_key="bench", secret_key="bench-secret-key", log_dir=work).start()
+    s3 = SeaweedServer(work / "s3", access_key="bench", secret_key="bench-secret-key", log_dir=work,
+                       die_with_parent=True).start(timeout=300)
     ensure_bucket(s3.client, "sift-bench")
+    ensure_bucket(s3.client, "sift-bench-kafka")
+    broker = TansuBroker.on_s3(work / "tansu", bucket="sift-bench-kafka", s3_endpoint=s3.endpoint,
+                               s3_access_key="bench", s3_secret_key="bench-secret-key", port=free_port(),
+                               die_with_parent=True).start(timeout=300)
     mlf = MlflowServer(work / "mlflow", s3_endpoint=s3.endpoint, s3_access_key="bench",
-                       s3_secret_key="bench-secret-key", bucket="sift-bench", log_dir=work).start()
+                       s3_secret_key="bench-secret-key", bucket="sift-bench", log_dir=work,
+                       die_with_parent=True).start(timeout=300)
     sift_port, base_port = free_port(), free_port()
     settings = Settings(data_dir=work / "data", s3_endpoint=s3.endpoint, s3_access_key="bench",
                         s3_secret_key="bench-secret-key", bucket="sift-bench",
-                        mlflow_tracking_uri=mlf.tracking_uri, kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                        model_watch=False)
+                        mlflow_tracking_uri=mlf.tracking_uri, kafka_bootstrap=broker.bootstrap)
     env = settings_env(settings)
     results: dict[str, dict] = {}
     try:
         os.environ.update(env)
         import mlflow
 
+        from infra.bus import Bus
         from infra.objectstore import ObjectStore
         from infra.registry import Registry, configure_mlflow
         from infra.tenants import ClassifierConfig, TenantStore
 
+        Bus(settings).ensure_topics()
         store = ObjectStore(settings)
-        _, key = TenantStore(store).create(ClassifierConfig(name="bench", labels=LABELS, threshold=0.0001))
         configure_mlflow(settings)
         mlflow.set_experiment("sift-bench")
         with mlflow.start_run() as run:
             mlflow.log_artifacts(str(model_dir), "model")
         reg = Registry(settings)
-        reg.set_champion("bench", reg.register("bench", run.info.run_id).version)
+        name = "bench"
+        _, key = TenantStore(store).create(ClassifierConfig(name=name, labels=LABELS, threshold=0.0001))
+        reg.set_champion(name, reg.register(name, run.info.run_id).version)
 
         rate = args.rate
         if "baseline" in variants:
             rate = run_baseline(model_dir, base_port, texts_file, work, args, results)
-        sift_url = f"http://127.0.0.1:{sift_port}/v1/classifiers/bench/classify"
         for variant, (_, overrides) in VARIANTS.items():
             if variant not in variants:
                 continue
+            sift_url = f"http://127.0.0.1:{sift_port}/v1/classifiers/{name}/classify"
             sift = serve([sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host",
                           "127.0.0.1", "--port", str(sift_port), "--no-access-log", "--log-level", "warning"],
                          sift_port, {**env, **overrides}, work / f"{variant}.log",
                          ready_path="/readyz")
+            results[f"{variant}_calibration"] = calibrate(f"http://127.0.0.1:{sift_port}", name, key,
+                                                          settings.admin_key, texts)
             run_load(sift_url, key, texts_file, concurrency=4, duration=3)
             spy = None
             if args.profile:
@@ -170,9 +242,11 @@ def main() -> None:
             if rate:
                 results[f"{variant}_open"] = run_load(sift_url, key, texts_file, rate=rate,
                                                       duration=args.duration)
-            stop(sift)
+            stop(sift)  # a clean stop: the publisher hands what it holds to the broker first
+        results["review_requests_on_topic"] = {"events": count_topic(settings, "review-requests")}
     finally:
         mlf.stop()
+        broker.stop()
         s3.stop()
     if variants != {"baseline", *VARIANTS}:
         print(json.dumps(results, indent=2))
@@ -225,9 +299,21 @@ def print_table(args: argparse.Namespace, results: dict[str, dict], rate: float)
         return results[f"{variant}_closed"]["errors"] + results[f"{variant}_open"]["errors"]
 
     lines.append(f"| all | errors | {errors('baseline')} | " + " | ".join(f"{errors(v)} | " for v in VARIANTS) + "|")
+
+    def routed(variant: str) -> str:
+        phases = [results[f"{variant}_{k}"] for k in ("closed", "open")]
+        return f"{sum(p['routed'] for p in phases) / max(1, sum(p['requests'] for p in phases)):.1%}"
+
+    lines.append("| all | routed to review | never | " + " | ".join(f"{routed(v)} | " for v in VARIANTS) + "|")
+    answered = sum(results[f"{v}_{k}"]["routed"] for v in VARIANTS for k in ("closed", "open"))
+    lines += ["", f"thresholds (the {ROUTED_SHARE:.0%} quantile of each variant's confidences on the bench texts): "
+              + ", ".join(f"{v} {results[f'{v}_calibration']['threshold']:.4f}" for v in VARIANTS)
+              + f"; review requests on the topic after the run: {results['review_requests_on_topic']['events']} "
+              f"(answers with review_requested in the measured phases: {answered}, plus warm-ups)"]
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"results": results, "rate": rate, "table": lines}, indent=2))
+    args.out.write_text(json.dumps({"results": results, "rate": rate, "table": lines, "machine": machine(args.note)},
+                                   indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Load generator, run as its own process: closed loop (N clients) or open loop (fixed rate).
 
-Bounded in request count and time. Prints one JSON object: texts/s, p50, p99, errors.
+Bounded in request count and time. Prints one JSON object: texts/s, p50, p99, errors, and how many
+answers said ``review_requested`` (Sift's routed share; the baseline never routes).
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ import time
 import httpx
 
 
+def routed(body: bytes) -> bool:
+    """Whether Sift's answer says the text was routed to review (a cheap test: no JSON parse)."""
+    return b'"review_requested":true' in body or b'"review_requested": true' in body
+
+
 async def closed_loop(url: str, headers: dict, texts: list[str], concurrency: int, duration: float,
                       max_requests: int) -> dict:
     latencies: list[float] = []
     errors = 0
     sent = 0
+    n_routed = 0
     deadline = time.perf_counter() + duration
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
         async def worker(seed: int) -> None:
-            nonlocal errors, sent
+            nonlocal errors, sent, n_routed
             rng = random.Random(seed)
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
@@ -36,24 +43,26 @@ async def closed_loop(url: str, headers: dict, texts: list[str], concurrency: in
                     ok = False
                 if ok:
                     latencies.append(time.perf_counter() - t0)
+                    n_routed += routed(r.content)
                 else:
                     errors += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return summarize(latencies, errors, elapsed)
+    return summarize(latencies, errors, elapsed, n_routed)
 
 
 async def open_loop(url: str, headers: dict, texts: list[str], rate: float, duration: float) -> dict:
     latencies: list[float] = []
     errors = 0
+    n_routed = 0
     rng = random.Random(7)
     n = int(rate * duration)
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=256), timeout=30) as client:
 
         async def one(text: str) -> None:
-            nonlocal errors
+            nonlocal errors, n_routed
             t0 = time.perf_counter()
             try:
                 r = await client.post(url, json={"text": text}, headers=headers)
@@ -62,6 +71,7 @@ async def open_loop(url: str, headers: dict, texts: list[str], rate: float, dura
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - t0)
+                n_routed += routed(r.content)
             else:
                 errors += 1
 
@@ -75,16 +85,16 @@ async def open_loop(url: str, headers: dict, texts: list[str], rate: float, dura
             tasks.append(asyncio.create_task(one(rng.choice(texts))))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
-    return summarize(latencies, errors, elapsed)
+    return summarize(latencies, errors, elapsed, n_routed)
 
 
-def summarize(latencies: list[float], errors: int, elapsed: float) -> dict:
+def summarize(latencies: list[float], errors: int, elapsed: float, n_routed: int = 0) -> dict:
     lat = sorted(latencies)
 
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
 
-    return {"requests": len(lat), "errors": errors, "seconds": elapsed,
+    return {"requests": len(lat), "errors": errors, "seconds": elapsed, "routed": n_routed,
             "texts_per_s": len(lat) / elapsed if elapsed else 0.0, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
 
 

@@ -18,12 +18,14 @@ def isolated(settings: Settings) -> Settings:
     return settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}."})
 
 
-def read_topic(settings: Settings, short: str, *, expect: int | None = None, timeout_s: float = 30.0,
-               idle_s: float = 2.0) -> list[Event]:
+def read_topic(settings: Settings, short: str, *, expect: int | None = None,
+               timeout_s: float = 30.0) -> list[Event]:
     """Every event on a (single-partition) topic from the beginning, without a consumer group.
 
-    Stops at `expect` events, or when nothing new arrived for `idle_s` after the fetched high
-    watermark was reached (end_offsets is wrong on Tansu).
+    Reads until the consumer's position reaches the high watermark its own fetches report
+    (``end_offsets`` is wrong on Tansu) and, with ``expect``, at least that many events arrived:
+    whatever was on the topic when the caller asked (a duplicate included) is in the answer,
+    with no idle wait. Returns what it has after ``timeout_s``; callers assert on it.
     """
     bus = Bus(settings)
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
@@ -33,22 +35,27 @@ def read_topic(settings: Settings, short: str, *, expect: int | None = None, tim
     consumer.seek_to_beginning(tp)
     events: list[Event] = []
     deadline = time.monotonic() + timeout_s
-    last_new = time.monotonic()
     try:
         while time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=300).values():
-                for r in records:
-                    events.append(parse_event(short, r.value))
-                    last_new = time.monotonic()
-            if expect is not None and len(events) >= expect:
-                # linger briefly: a duplicate would show up now
-                if time.monotonic() - last_new > 0.5:
-                    break
-            elif expect is None and time.monotonic() - last_new > idle_s:
+                events.extend(parse_event(short, r.value) for r in records)
+            high = consumer.highwater(tp)
+            if (high is not None and consumer.position(tp) >= high
+                    and (expect is None or len(events) >= expect)):
                 break
     finally:
         consumer.close()
     return events
+
+
+def committed_offset(settings: Settings, group: str, short: str) -> int:
+    """The offset a consumer group has committed on a (single-partition) topic: every record before
+    it was handled (the bus commits each record after its side effect)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return consumer.committed(TopicPartition(Bus(settings).topic(short), 0)) or 0
+    finally:
+        consumer.close()
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:

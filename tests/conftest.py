@@ -4,4 +4,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.services", "tests.model_fixtures"]
+pytest_plugins = ["tests.lanes", "tests.services", "tests.model_fixtures"]

@@ -5,7 +5,6 @@ per test with its own topic prefix."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from review.api import build_collector, router
 from review.collector import Collector
 from review.labelstudio import ReviewProjects, ensure_project
 from review.queue import ReviewQueue
+from review.worker import GROUP_ID as REVIEW_GROUP
 from review.worker import run_review_worker
-from tests.bus_helpers import isolated, read_topic, wait_until
+from tests.bus_helpers import committed_offset, isolated, read_topic, wait_until
 
 LABELS = ["sports", "tech", "politics"]
 
@@ -92,6 +92,7 @@ class ReviewEnv:
     ls: Any  # tests.services.LabelStudioService
     bus: Bus
     producer: Any
+    published: int = 0  # requests sent on the review-requests topic
 
     @property
     def name(self) -> str:
@@ -119,6 +120,13 @@ class ReviewEnv:
     def publish(self, *events: ReviewRequest) -> None:
         for ev in events:
             self.bus.send_sync(self.producer, TOPIC_REVIEW_REQUESTS, ev)
+        self.published += len(events)
+
+    def settled(self) -> bool:
+        """The review worker has handled every published request (its group committed past them) and
+        none waits in the backlog: the tasks in Label Studio are all there will be."""
+        return (committed_offset(self.settings, REVIEW_GROUP, TOPIC_REVIEW_REQUESTS) >= self.published
+                and self.queue().backlog_size(self.name) == 0)
 
     def tasks(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -128,14 +136,15 @@ class ReviewEnv:
         return out
 
     def wait_tasks(self, n: int, timeout_s: float = 60) -> list[dict[str, Any]]:
-        wait_until(lambda: len(self.tasks()) >= n, timeout_s, 0.5)
-        time.sleep(1.0)  # a duplicate would show up now
+        """The tasks once at least ``n`` exist and every published request was handled (so a
+        duplicate would be among them)."""
+        wait_until(lambda: len(self.tasks()) >= n and self.settled(), timeout_s, 0.5)
         return self.tasks()
 
     def reviewed_events(self, expect: int | None = None, timeout_s: float = 30) -> list[ReviewedLabel]:
         self.api.publisher.flush(15)
-        return read_topic(self.settings, "reviewed-labels", expect=expect, timeout_s=timeout_s,
-                          idle_s=1.5)  # type: ignore[return-value]
+        events = read_topic(self.settings, "reviewed-labels", expect=expect, timeout_s=timeout_s)
+        return events  # type: ignore[return-value]
 
     def dataset_keys(self) -> list[str]:
         return sorted(self.store.list_keys(f"datasets/{self.name}/reviewed/"))

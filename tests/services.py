@@ -9,6 +9,7 @@ Set SIFT_TEST_LS_DATA_DIR to a folder to reuse a migrated Label Studio across se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -175,30 +176,19 @@ def _closed_url() -> str:
     return f"http://{LOOPBACK}:{free_port()}"
 
 
-@pytest.fixture
-def sift_settings(
-    request: pytest.FixtureRequest,
-    s3_server: S3Service,
-    kafka_broker: KafkaService,
-    tmp_path: Path,
-) -> Iterator[Settings]:
-    """Settings pointing at the session's S3 and Kafka, plus MLflow / Label Studio when the test
-    also requests `mlflow_server` / `label_studio`. SIFT_* are exported so subprocesses inherit
-    them, and `get_settings()` returns these settings for the duration of the test."""
-    mlflow_uri = (request.getfixturevalue("mlflow_server").tracking_uri
-                  if "mlflow_server" in request.fixturenames else _closed_url())
-    ls: LabelStudioService | None = (request.getfixturevalue("label_studio")
-                                     if "label_studio" in request.fixturenames else None)
+def service_settings(s3: S3Service, kafka: KafkaService, data_dir: Path, *, mlflow: MlflowService | None = None,
+                     ls: LabelStudioService | None = None) -> Settings:
+    """Settings pointing at the session's services; the ones not given point at a closed port."""
     defaults = Settings()
     settings = Settings(
-        data_dir=tmp_path / "sift-data",
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_region=s3_server.region,
-        bucket=s3_server.bucket,
-        kafka_bootstrap=kafka_broker.bootstrap,
-        mlflow_tracking_uri=mlflow_uri,
+        data_dir=data_dir,
+        s3_endpoint=s3.endpoint,
+        s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key,
+        s3_region=s3.region,
+        bucket=s3.bucket,
+        kafka_bootstrap=kafka.bootstrap,
+        mlflow_tracking_uri=mlflow.tracking_uri if mlflow else _closed_url(),
         label_studio_url=ls.url if ls else _closed_url(),
         label_studio_token=ls.token if ls else defaults.label_studio_token,
         label_studio_username=ls.username if ls else defaults.label_studio_username,
@@ -206,6 +196,12 @@ def sift_settings(
         public_api_url=_closed_url(),
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+@contextlib.contextmanager
+def exported(settings: Settings) -> Iterator[Settings]:
+    """SIFT_* set to ``settings`` (so subprocesses and ``get_settings()`` see them), restored after."""
     # own MonkeyPatch so the environment is restored *before* the settings cache is cleared
     with pytest.MonkeyPatch.context() as mp:
         for key in [k for k in os.environ if k.startswith("SIFT_")]:
@@ -219,3 +215,19 @@ def sift_settings(
         finally:
             get_settings.cache_clear()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def sift_settings(
+    request: pytest.FixtureRequest,
+    s3_server: S3Service,
+    kafka_broker: KafkaService,
+    tmp_path: Path,
+) -> Iterator[Settings]:
+    """Settings pointing at the session's S3 and Kafka, plus MLflow / Label Studio when the test
+    also requests `mlflow_server` / `label_studio`. SIFT_* are exported so subprocesses inherit
+    them, and `get_settings()` returns these settings for the duration of the test."""
+    mlflow = request.getfixturevalue("mlflow_server") if "mlflow_server" in request.fixturenames else None
+    ls = request.getfixturevalue("label_studio") if "label_studio" in request.fixturenames else None
+    with exported(service_settings(s3_server, kafka_broker, tmp_path / "sift-data", mlflow=mlflow, ls=ls)) as s:
+        yield s

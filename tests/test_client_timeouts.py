@@ -19,7 +19,7 @@ from infra.registry import Registry
 from infra.settings import Settings
 from review.labelstudio import LabelStudioUnavailable, ReviewProjects
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.integration]  # a listening (black-hole) server
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from demo.experiment import ExperimentConfig, margins, run_experiment, select
 from tests.model_fixtures import TINY_LABELS, topic_rows
 
@@ -18,6 +20,7 @@ def test_margin_query_picks_the_closest_calls() -> None:
     assert sorted(select("random", [10, 11, 12, 13], 2, random.Random(0))[0]) != []
 
 
+@pytest.mark.integration  # two arms, three rounds of training each: minutes, not a unit test
 def test_miniature_experiment(tmp_path) -> None:
     pool = topic_rows(20, seed=1)  # 60 texts
     test = [r for r in topic_rows(8, seed=2) if r.text not in {p.text for p in pool}]

@@ -55,7 +55,7 @@ class Ctx:
 
     def events(self, expect: int | None = None) -> list[ReviewRequest]:
         assert self.publisher.flush(30), self.publisher.stats()
-        return read_topic(self.settings, "review-requests", expect=expect, idle_s=1.5)  # type: ignore[return-value]
+        return read_topic(self.settings, "review-requests", expect=expect)  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -170,6 +170,7 @@ def test_sift_settings_points_at_services(sift_settings: Settings, s3_server: S3
     assert out == [s3_server.bucket, kafka_broker.bootstrap, str(sift_settings.data_dir)]
 
 
+@pytest.mark.integration  # starts Tansu itself, without a fixture
 def test_servers_die_with_a_crashed_test_session(tmp_path: Path) -> None:
     """die_with_parent: a SIGKILLed session must not leave brokers running."""
     port = free_port()
@@ -190,6 +191,7 @@ def test_servers_die_with_a_crashed_test_session(tmp_path: Path) -> None:
     assert not pid_alive(pid)
 
 
+@pytest.mark.integration  # starts the stack itself, without a fixture
 def test_local_stack_up_status_down(tmp_path: Path) -> None:
     """`sift up` without Label Studio, then `sift down` from a separate LocalStack (as another process would)."""
     settings = Settings(
@@ -211,7 +213,7 @@ def test_local_stack_up_status_down(tmp_path: Path) -> None:
         assert ObjectStore(settings).client.head_bucket(Bucket=f"{settings.bucket}-kafka")
 
         os.kill(status["api"]["pid"], 9)
-        time.sleep(0.3)
+        assert wait_until(lambda: not pid_alive(status["api"]["pid"]), 10)
         assert stack.check() == ["api"]
 
         LocalStack(settings).stop()
@@ -262,6 +264,7 @@ def _stack_settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.mark.integration  # spawns HTTP servers itself, without a fixture
 def test_down_stops_every_process_of_two_detached_ups(tmp_path: Path) -> None:
     """A second `sift up --detach` replaces the first one's processes; `sift down` then leaves nothing running."""
     settings = _stack_settings(tmp_path)
@@ -278,6 +281,7 @@ def test_down_stops_every_process_of_two_detached_ups(tmp_path: Path) -> None:
     assert not any(row.get("running") for row in LocalStack(settings).status().values())
 
 
+@pytest.mark.integration  # spawns HTTP servers itself, without a fixture
 def test_down_stops_a_supervising_up_in_another_process(tmp_path: Path) -> None:
     """`sift down` stops the supervisor first, so it cannot restart what `sift down` stopped."""
     settings = _stack_settings(tmp_path)

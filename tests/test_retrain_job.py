@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,13 @@ from prometheus_client import REGISTRY
 from infra.events import ModelEvent
 from infra.objectstore import ObjectStore
 from infra.registry import Registry
+from infra.settings import Settings
 from retrain import paths
 from retrain.bless import load_verdict
-from retrain.job import load_job, run_retrain_job
+from retrain.job import JobRecord, load_job, run_retrain_job
 from tests.model_fixtures import topic_rows
 from tests.retrain_helpers import FAST_OPTIONS, reviewed, seed_classifier, weak_model_dir, write_reviewed
+from tests.services import KafkaService, MlflowService, S3Service, exported, service_settings
 
 
 @pytest.fixture
@@ -25,44 +29,78 @@ def published() -> list[ModelEvent]:
     return []
 
 
-def test_retrain_registers_versions_with_lineage_and_promotes(sift_settings, mlflow_server, tmp_path, published):
-    cfg, _, champion = seed_classifier(sift_settings, weak_model_dir(tmp_path))
-    write_reviewed(sift_settings, reviewed(cfg.name, topic_rows(12, seed=3)))
-    store, registry = ObjectStore(sift_settings), Registry(sift_settings)
+@dataclass
+class PromotedJob:
+    """One retrain job that promoted a candidate over a weak champion; the tests below read it."""
 
-    record = run_retrain_job(sift_settings, cfg.name, FAST_OPTIONS, publish=published.append)
+    settings: Settings
+    classifier: str
+    champion_before: str
+    record: JobRecord
+    published: list[ModelEvent]
 
+    @property
+    def store(self) -> ObjectStore:
+        return ObjectStore(self.settings)
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.settings)
+
+
+@pytest.fixture(scope="module")
+def promoted(s3_server: S3Service, _kafka_broker_session: KafkaService, mlflow_server: MlflowService,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromotedJob]:
+    """Trains once for the module: two candidates on 36 reviewed labels + the seed, champion weak."""
+    tmp = tmp_path_factory.mktemp("promoted")
+    settings = service_settings(s3_server, _kafka_broker_session, tmp / "sift-data", mlflow=mlflow_server)
+    with exported(settings):
+        cfg, _, champion = seed_classifier(settings, weak_model_dir(tmp))
+        write_reviewed(settings, reviewed(cfg.name, topic_rows(12, seed=3)))
+        events: list[ModelEvent] = []
+        record = run_retrain_job(settings, cfg.name, FAST_OPTIONS, publish=events.append)
+        yield PromotedJob(settings, cfg.name, champion, record, events)
+
+
+def test_a_better_candidate_is_promoted_and_announced(promoted: PromotedJob) -> None:
+    record, registry = promoted.record, promoted.registry
     assert record.status == "promoted", record.reason
-    assert record.champion_before == champion
+    assert record.champion_before == promoted.champion_before
     assert {c.name for c in record.candidates} == {"warm", "fresh"}
     assert all(c.version and c.error is None for c in record.candidates)
-    new = registry.champion(cfg.name)
-    assert new is not None and new.version == record.selected_version != champion
-    assert registry.get_alias(cfg.name, "previous-champion").version == champion
-    assert [(e.action, e.version) for e in published] == [("promoted", new.version)]
+    new = registry.champion(promoted.classifier)
+    assert new is not None and new.version == record.selected_version != promoted.champion_before
+    assert registry.get_alias(promoted.classifier, "previous-champion").version == promoted.champion_before
+    assert [(e.action, e.version) for e in promoted.published] == [("promoted", new.version)]
+    assert record.verdict.blessed and record.verdict.gain > 0
 
-    # dataset version: stored, counted, and the eval set is disjoint from training
-    ds = record.dataset
+
+def test_the_dataset_version_is_stored_and_evaluation_never_trains(promoted: PromotedJob) -> None:
+    ds, store = promoted.record.dataset, promoted.store
     assert ds is not None and ds.reviewed_labels == 36 and ds.seed_rows == 120
     assert sum(ds.train_counts.values()) + sum(ds.eval_counts.values()) == len(
         {r.text for r in topic_rows(40, seed=1) + topic_rows(12, seed=3)})
-    stored = store.get_json(f"datasets/{cfg.name}/versions/{ds.version_id}/version.json")
+    stored = store.get_json(f"datasets/{promoted.classifier}/versions/{ds.version_id}/version.json")
     assert stored["train_fingerprint"] == ds.train_fingerprint
     train_texts = {json.loads(x)["text"] for x in store.get_bytes(ds.train_key).decode().splitlines()}
     eval_texts = {json.loads(x)["text"] for x in store.get_bytes(ds.eval_key).decode().splitlines()}
     assert train_texts and eval_texts and not train_texts & eval_texts
-    assert store.get_json(paths.validation_report(cfg.name, record.job_id))["ok"] is True
+    assert store.get_json(paths.validation_report(promoted.classifier, promoted.record.job_id))["ok"] is True
 
-    # lineage on every candidate version and run
+
+def test_every_candidate_carries_its_lineage(promoted: PromotedJob) -> None:
+    record, registry, name = promoted.record, promoted.registry, promoted.classifier
+    ds = record.dataset
+    assert ds is not None
     for cand in record.candidates:
-        tags = registry.version_tags(cfg.name, cand.version)
+        tags = registry.version_tags(name, cand.version)
         assert tags["dataset_version"] == ds.version_id
         assert tags["dataset_fingerprint"] == ds.train_fingerprint
         assert tags["run_id"] == cand.run_id
         assert tags["sift.blessed"] in {"true", "false"} and tags["sift.bless_reason"]
-        assert tags["sift.bless_champion_version"] == champion
+        assert tags["sift.bless_champion_version"] == promoted.champion_before
         if cand.name == "warm":
-            assert tags["parent_version"] == champion
+            assert tags["parent_version"] == promoted.champion_before
         run = registry.run(cand.run_id)
         assert run.data.tags["sift.dataset_version"] == ds.version_id
         assert run.data.tags["sift.job_id"] == record.job_id
@@ -70,28 +108,36 @@ def test_retrain_registers_versions_with_lineage_and_promotes(sift_settings, mlf
         artifacts = set(registry.list_artifacts(cand.run_id, "report"))
         assert {"report/confusion.png", "report/learning_curve.png", "report/verdict.json"} <= artifacts
         assert registry.list_artifacts(cand.run_id, "dataset") == ["dataset/version.json"]
-        verdict = load_verdict(store, cfg.name, cand.version)
+        verdict = load_verdict(promoted.store, name, cand.version)
         assert verdict is not None and verdict.selected == (cand.version == record.selected_version)
-    assert record.verdict.blessed and record.verdict.gain > 0
-    assert load_job(store, cfg.name, record.job_id).status == "promoted"
+
+
+def test_the_job_record_is_stored_with_its_phases(promoted: PromotedJob) -> None:
+    record = promoted.record
+    assert load_job(promoted.store, promoted.classifier, record.job_id).status == "promoted"
     phases = [p.name for p in record.phases]
     assert phases[:3] == ["assemble", "validate", "load_champion"] and phases[-1] == "promote"
 
-    # the operator's view: sift models list / report (metrics, verdict, lineage, PNGs downloaded)
+
+def test_the_operator_sees_the_job_in_models_list_and_report(promoted: PromotedJob, tmp_path: Path) -> None:
+    """`sift models list / report` as an operator runs them: metrics, verdict, lineage, PNGs downloaded."""
     from typer.testing import CliRunner
 
     from retrain.cli import app
 
+    record, name, champion = promoted.record, promoted.classifier, promoted.champion_before
+    new = record.selected_version
     runner = CliRunner()
-    out = runner.invoke(app, ["models", "list", cfg.name])
+    with exported(promoted.settings):
+        listed_out = runner.invoke(app, ["models", "list", name])
+        out = runner.invoke(app, ["models", "report", name, new, "--out", str(tmp_path / "reports")])
+    assert listed_out.exit_code == 0, listed_out.output
+    listed = {m["version"]: m for m in json.loads(listed_out.output)}
+    assert listed[new]["aliases"] == ["champion"] and listed[champion]["aliases"] == ["previous-champion"]
     assert out.exit_code == 0, out.output
-    listed = {m["version"]: m for m in json.loads(out.output)}
-    assert listed[new.version]["aliases"] == ["champion"] and listed[champion]["aliases"] == ["previous-champion"]
-    out = runner.invoke(app, ["models", "report", cfg.name, new.version, "--out", str(tmp_path / "reports")])
-    assert out.exit_code == 0, out.output
-    assert "blessed: True" in out.output and f"dataset version: {ds.version_id}" in out.output
+    assert "blessed: True" in out.output and f"dataset version: {record.dataset.version_id}" in out.output
     assert "/#/experiments/" in out.output
-    selected = next(c for c in record.candidates if c.version == new.version)
+    selected = next(c for c in record.candidates if c.version == new)
     if selected.name == "warm":
         assert f"parent version:  {champion}" in out.output
     pngs = [line.strip() for line in out.output.splitlines() if line.strip().endswith(".png")]

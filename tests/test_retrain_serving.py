@@ -60,6 +60,13 @@ class Load:
     def latest(self) -> set[str]:
         return {s[-1] for s in self.seen if s}
 
+    def wait_answers(self, n: int, timeout: float) -> None:
+        start = [len(s) for s in self.seen]
+        deadline = time.monotonic() + timeout
+        while any(len(s) < k + n for s, k in zip(self.seen, start, strict=True)):
+            assert time.monotonic() < deadline, f"clients stalled: {[len(s) for s in self.seen]}"
+            time.sleep(0.1)
+
     def wait_for(self, version: str, timeout: float) -> float:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
@@ -116,7 +123,7 @@ def test_promotion_and_rollback_reach_the_server_without_failed_requests(server,
     assert r.status_code == 200, r.text
     assert r.json() == {"classifier": cfg.name, "version": v1, "action": "rolled_back"}
     load.wait_for(v1, timeout=30)
-    time.sleep(0.5)
+    load.wait_answers(5, timeout=30)  # five more answers per client after the rollback: none flaps back
     load.stop.set()
     for t in load.threads:
         t.join(timeout=60)
