@@ -15,7 +15,8 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from feedback.uploads import (
     API_SUBFOLDER,
@@ -27,13 +28,14 @@ from feedback.uploads import (
     safe_filename,
 )
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, new_id, stable_id
-from infra.http import Services, get_services, tenant_for_key
+from infra.guards import unicode_problem
+from infra.http import KeyFirstRoute, Services, errors, get_services, tenant_for_key
 from infra.predictions import PredictionRecord
 from infra.publisher import EventPublisher, NotDurable
 from infra.tenants import ClassifierConfig
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], route_class=KeyFirstRoute)
 
 ACK_TIMEOUT_S = 5.0  # a single feedback waits this long for the broker's ack before it is spooled instead
 RETRY_AFTER = {"Retry-After": "5"}
@@ -44,18 +46,39 @@ IdempotencyKey = Annotated[
 ]
 
 
+NonBlank = {"minLength": 1, "pattern": r"\S"}
+PredictionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 class FeedbackRequest(BaseModel):
-    prediction_id: str | None = Field(default=None, max_length=64, description="id returned by classify")
-    text: str | None = Field(default=None, description="the classified text, when there is no prediction_id")
-    label: str | None = Field(default=None, description="the label the text got, when there is no prediction_id")
+    """The schema states the cross-field rules too (``allOf``), so what it calls valid is accepted."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"anyOf": [{"required": ["prediction_id"]}, {"required": ["text", "label"]}]},
+        {"anyOf": [{"properties": {"verdict": {"const": "dislike"}}}, {"not": {"required": ["correct_label"]}}]},
+    ]})
+
+    prediction_id: PredictionId | SkipJsonSchema[None] = Field(default=None, description="id returned by classify")
+    text: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NonBlank,
+                                             description="the classified text, when there is no prediction_id")
+    label: str | SkipJsonSchema[None] = Field(default=None, description="the label the text got, when there is no "
+                                              "prediction_id; one of the classifier's labels")
     verdict: Literal["like", "dislike"]
-    correct_label: str | None = Field(default=None, description="what the label should have been (dislike)")
-    comment: str | None = Field(default=None, max_length=2000)
+    correct_label: str | SkipJsonSchema[None] = Field(default=None, description="what the label should have been "
+                                                      "(dislike only); one of the classifier's labels")
+    comment: str | SkipJsonSchema[None] = Field(default=None, max_length=2000)
 
     @model_validator(mode="after")
     def _reference(self) -> FeedbackRequest:
+        for name in ("prediction_id", "text", "label", "correct_label", "comment"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name}: send a string or leave it out, not null")
+            if (value := getattr(self, name)) is not None and (problem := unicode_problem(name, value)):
+                raise ValueError(problem)
         if self.prediction_id is None and (self.text is None or self.label is None):
             raise ValueError("send a prediction_id, or the text and the label it got")
+        if self.verdict == "like" and self.correct_label is not None:
+            raise ValueError("a 'like' confirms the predicted label; send verdict 'dislike' with correct_label")
         return self
 
 
@@ -94,14 +117,10 @@ def _lookup(services: Services, cfg: ClassifierConfig, prediction_id: str) -> Pr
     "/v1/classifiers/{name}/feedback",
     status_code=202,
     response_model=FeedbackAccepted,
-    responses={
-        401: {"description": "missing or invalid API key"},
-        403: {"description": "the key belongs to another classifier"},
-        404: {"description": "unknown classifier or prediction"},
-        413: {"description": "text too long"},
-        422: {"description": "wrong verdict, unknown label, missing reference"},
-        503: {"description": "not accepted: neither the broker nor the local spool could take it; retry"},
-    },
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503, e404="unknown classifier or prediction",
+                     e413="request body or text too long",
+                     e422="wrong verdict, unknown label, missing reference, invalid Unicode; detail names the field",
+                     e503="not accepted: neither the broker nor the local spool could take it; see Retry-After"),
 )
 def post_feedback(
     body: FeedbackRequest,
@@ -132,8 +151,6 @@ def post_feedback(
         _check_label(cfg, label, "label")
     if body.correct_label is not None:
         _check_label(cfg, body.correct_label, "correct_label")
-        if body.verdict == "like" and body.correct_label != label:
-            raise HTTPException(422, "a 'like' confirms the predicted label; send verdict 'dislike' with correct_label")
     event_id = stable_id("user_feedback", cfg.name, idempotency_key) if idempotency_key else new_id()
     event = ReviewRequest(
         event_id=event_id, classifier=cfg.name, text=text, predicted_label=label, confidence=confidence,
@@ -151,14 +168,10 @@ def post_feedback(
     "/v1/classifiers/{name}/feedback/batch",
     status_code=202,
     response_model=UploadReport,
-    responses={
-        400: {"description": "malformed or empty file (the reason is in detail)"},
-        401: {"description": "missing or invalid API key"},
-        404: {"description": "unknown classifier"},
-        413: {"description": "file larger than SIFT_MAX_UPLOAD_BYTES"},
-        503: {"description": "not accepted: neither the broker nor the local spool could take the rows; retry "
-                            "the same file (rows that got through have the same event ids and are deduped)"},
-    },
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503, e400="malformed or empty file (the reason is in detail)",
+                     e413="file larger than SIFT_MAX_UPLOAD_BYTES",
+                     e503="not accepted: neither the broker nor the local spool could take the rows; retry the "
+                          "same file (rows that got through have the same event ids and are deduped)"),
 )
 def post_feedback_batch(
     file: UploadFile = File(..., description="CSV, JSONL or {\"classifier\", \"sentences\"} JSON"),

@@ -7,12 +7,13 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from infra.http import Services, get_services, require_admin
+from infra.http import KeyFirstRoute, Services, get_services, require_admin
 from infra.tenants import AlreadyExists, ClassifierConfig, NotFound, RetrainPolicy, TenantError
 from sift.errors import validation_message
 from sift.onboarding import build_config, create_classifier
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   route_class=KeyFirstRoute)
 
 
 class CreateClassifier(BaseModel):
