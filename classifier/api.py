@@ -8,13 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from classifier import metrics
 from classifier.engine import ModelUnavailable, Scored
 from classifier.routing import review_request_for
 from infra.events import TOPIC_REVIEW_REQUESTS
-from infra.guards import unicode_problem
+from infra.guards import schema_extra, unicode_problem
 from infra.http import KeyFirstRoute, Services, errors, get_services, tenant_for_key
 from infra.predictions import PredictionRecord
 from infra.tenants import ClassifierConfig
@@ -26,10 +25,13 @@ Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}
 
 
 class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]})
+    """Exactly one of ``text`` or ``texts``."""
+    # absent is None (an unvalidated default), an explicit null is refused, as the schema says
 
-    text: Text | SkipJsonSchema[None] = Field(default=None, description="one non-blank text to classify")
-    texts: list[Text] | SkipJsonSchema[None] = Field(default=None, json_schema_extra={"minItems": 1},
+    model_config = ConfigDict(json_schema_extra=schema_extra(oneOf=[{"required": ["text"]}, {"required": ["texts"]}]))
+
+    text: Text = Field(default=None, description="one non-blank text to classify")
+    texts: list[Text] = Field(default=None, json_schema_extra={"minItems": 1},
                                                      description="several non-blank texts, classified together")
 
     @model_validator(mode="after")

@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from feedback.uploads import (
     API_SUBFOLDER,
@@ -28,7 +27,7 @@ from feedback.uploads import (
     safe_filename,
 )
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, new_id, stable_id
-from infra.guards import unicode_problem
+from infra.guards import schema_extra, unicode_problem
 from infra.http import KeyFirstRoute, Services, errors, get_services, tenant_for_key
 from infra.predictions import PredictionRecord
 from infra.publisher import EventPublisher, NotDurable
@@ -51,28 +50,28 @@ PredictionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Z
 
 
 class FeedbackRequest(BaseModel):
-    """The schema states the cross-field rules too (``allOf``), so what it calls valid is accepted."""
+    # the schema states the cross-field rules too (allOf), so what it calls valid is accepted; optional
+    # fields are typed str with a None default (pydantic does not validate defaults): absent is None,
+    # an explicit null is refused, as the schema says
 
-    model_config = ConfigDict(json_schema_extra={"allOf": [
+    model_config = ConfigDict(json_schema_extra=schema_extra(allOf=[
         {"anyOf": [{"required": ["prediction_id"]}, {"required": ["text", "label"]}]},
         {"anyOf": [{"properties": {"verdict": {"const": "dislike"}}}, {"not": {"required": ["correct_label"]}}]},
-    ]})
+    ]))
 
-    prediction_id: PredictionId | SkipJsonSchema[None] = Field(default=None, description="id returned by classify")
-    text: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=NonBlank,
+    prediction_id: PredictionId = Field(default=None, description="id returned by classify")
+    text: str = Field(default=None, json_schema_extra=NonBlank,
                                              description="the classified text, when there is no prediction_id")
-    label: str | SkipJsonSchema[None] = Field(default=None, description="the label the text got, when there is no "
+    label: str = Field(default=None, description="the label the text got, when there is no "
                                               "prediction_id; one of the classifier's labels")
     verdict: Literal["like", "dislike"]
-    correct_label: str | SkipJsonSchema[None] = Field(default=None, description="what the label should have been "
+    correct_label: str = Field(default=None, description="what the label should have been "
                                                       "(dislike only); one of the classifier's labels")
-    comment: str | SkipJsonSchema[None] = Field(default=None, max_length=2000)
+    comment: str = Field(default=None, max_length=2000)
 
     @model_validator(mode="after")
     def _reference(self) -> FeedbackRequest:
         for name in ("prediction_id", "text", "label", "correct_label", "comment"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name}: send a string or leave it out, not null")
             if (value := getattr(self, name)) is not None and (problem := unicode_problem(name, value)):
                 raise ValueError(problem)
         if self.prediction_id is None and (self.text is None or self.label is None):

@@ -39,6 +39,19 @@ def unicode_problem(where: str, text: str) -> str | None:
     return f"{where} is not valid Unicode: lone surrogate {text[at]!r} at position {at}"
 
 
+def schema_extra(**extra: Any) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` for request models whose optional fields default to None but refuse
+    ``null``: drops the ``"default": null`` the schema would otherwise show, adds ``extra``."""
+
+    def apply(schema: dict[str, Any]) -> None:
+        for prop in schema.get("properties", {}).values():
+            if "default" in prop and prop["default"] is None:
+                del prop["default"]
+        schema.update(extra)
+
+    return apply
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a body over its limit, before the app parses any of it.
 
