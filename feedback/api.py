@@ -129,6 +129,18 @@ def post_feedback(
 ) -> FeedbackAccepted:
     """Like or dislike one prediction; becomes a ``user_feedback`` review request."""
     publisher = _publisher(services)
+    # what the body says is checked whether or not a prediction record is found: a 202 never
+    # depends on which replica's lookup saw the record
+    if body.text is not None:
+        if not body.text.strip():
+            raise HTTPException(422, "text is empty")
+        limit = services.settings.max_text_chars
+        if len(body.text) > limit:
+            raise HTTPException(413, f"text has {len(body.text)} characters; the limit is {limit}")
+    if body.label is not None:
+        _check_label(cfg, body.label, "label")
+    if body.correct_label is not None:
+        _check_label(cfg, body.correct_label, "correct_label")
     record = _lookup(services, cfg, body.prediction_id) if body.prediction_id else None
     if body.prediction_id and record is None and (body.text is None or body.label is None):
         raise HTTPException(
@@ -142,14 +154,6 @@ def post_feedback(
     else:
         assert body.text is not None and body.label is not None
         text, label, confidence, scores, model_version = body.text, body.label, None, {}, None
-        if not text.strip():
-            raise HTTPException(422, "text is empty")
-        limit = services.settings.max_text_chars
-        if len(text) > limit:
-            raise HTTPException(413, f"text has {len(text)} characters; the limit is {limit}")
-        _check_label(cfg, label, "label")
-    if body.correct_label is not None:
-        _check_label(cfg, body.correct_label, "correct_label")
     event_id = stable_id("user_feedback", cfg.name, idempotency_key) if idempotency_key else new_id()
     event = ReviewRequest(
         event_id=event_id, classifier=cfg.name, text=text, predicted_label=label, confidence=confidence,
