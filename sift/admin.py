@@ -23,6 +23,8 @@ class CreateClassifier(BaseModel):
     base_model: str = ""
     description: str = ""
     review_window: int = 50
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 400
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
 
 
@@ -30,6 +32,8 @@ class UpdateClassifier(BaseModel):
     threshold: float | None = None
     description: str | None = None
     review_window: int | None = None
+    rate_limit_per_s: float | None = None
+    rate_limit_burst: int | None = None
     retrain: RetrainPolicy | None = None
 
 
@@ -40,6 +44,8 @@ class ClassifierView(BaseModel):
     base_model: str
     description: str
     review_window: int
+    rate_limit_per_s: float
+    rate_limit_burst: int
     retrain: RetrainPolicy
     label_studio_project_id: int | None
     api_key_ids: list[str]

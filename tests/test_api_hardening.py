@@ -139,12 +139,11 @@ def test_wrong_keys_from_one_address_get_429(api) -> None:
 
 
 def test_per_key_rate_limit(api) -> None:
-    client, name, key, _ = api
+    client, name, key, settings = api
     services = client.app.state.services  # type: ignore[attr-defined]
-    cfg = services.tenants.require(name)
-    cfg.rate_limit_per_s, cfg.rate_limit_burst = 0.01, 3
-    services.tenants.save(cfg)
-    services.tenant_cache.invalidate()
+    r = client.patch(f"/v1/admin/classifiers/{name}", json={"rate_limit_per_s": 0.01, "rate_limit_burst": 3},
+                     headers={"x-admin-key": settings.admin_key})
+    assert r.status_code == 200 and (r.json()["rate_limit_per_s"], r.json()["rate_limit_burst"]) == (0.01, 3)
     url = f"/v1/classifiers/{name}/feedback"
     body = {"text": "rain tomorrow", "label": "weather", "verdict": "like"}
     codes = [client.post(url, json=body).status_code for _ in range(5)]

@@ -129,6 +129,14 @@ def test_bad_feedback_is_a_clear_4xx(ctx: Ctx, body: dict, status: int, message:
     assert message in r.json()["detail"]
 
 
+def test_a_bad_label_is_refused_even_with_a_known_prediction(ctx: Ctx) -> None:
+    pid = _prediction(ctx)
+    r = ctx.client.post(ctx.url(), json={"prediction_id": pid, "label": "cooking", "verdict": "dislike",
+                                         "correct_label": "sports"})
+    assert r.status_code == 422 and "label: unknown label 'cooking'" in r.json()["detail"], r.text
+    assert ctx.events() == []
+
+
 def test_auth_and_unknown_classifier(ctx: Ctx) -> None:
     body = {"text": "x", "label": "tech", "verdict": "like"}
     assert ctx.client.post(ctx.url(), json=body, headers={"x-api-key": ""}).status_code == 401
