@@ -59,7 +59,9 @@ def test_lone_surrogate_in_feedback_is_422(api, field: str) -> None:
     raw = json.dumps(body).replace(f'"{body[field]}"', f'"{body[field]} \\ud83d"').encode()
     r = client.post(f"/v1/classifiers/{name}/feedback", content=raw, headers=JSON)
     assert r.status_code == 422, r.text
-    assert r.json()["detail"].startswith(f"{field} is not valid Unicode"), r.text
+    # ours ("is not valid Unicode") or pydantic's for a length-constrained field ("a unicode string")
+    detail = r.json()["detail"]
+    assert detail.startswith(field) and "unicode" in detail.lower(), r.text
 
 
 @pytest.mark.parametrize("body", [{"prediction_id": "", "verdict": "like"},
