@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from classifier import metrics
 from classifier.engine import ModelUnavailable, Scored
 from classifier.routing import review_request_for
 from infra.events import TOPIC_REVIEW_REQUESTS
-from infra.http import Services, get_services, tenant_for_key
+from infra.guards import schema_extra, unicode_problem
+from infra.http import KeyFirstRoute, Services, errors, get_services, tenant_for_key
 from infra.predictions import PredictionRecord
 from infra.tenants import ClassifierConfig
 
-router = APIRouter(tags=["classify"])
+router = APIRouter(tags=["classify"], route_class=KeyFirstRoute)
+
+# documented in the schema, enforced by validate_texts (whose messages name the text: texts[3])
+Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]
 
 
 class ClassifyRequest(BaseModel):
-    text: str | None = Field(default=None, description="one text to classify")
-    texts: list[str] | None = Field(default=None, description="several texts, classified together")
+    """Exactly one of ``text`` or ``texts``."""
+    # absent is None (an unvalidated default), an explicit null is refused, as the schema says
+
+    model_config = ConfigDict(json_schema_extra=schema_extra(oneOf=[{"required": ["text"]}, {"required": ["texts"]}]))
+
+    text: Text = Field(default=None, description="one non-blank text to classify")
+    texts: list[Text] = Field(default=None, json_schema_extra={"minItems": 1},
+                                                     description="several non-blank texts, classified together")
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
@@ -47,30 +58,28 @@ class ClassifyResponse(BaseModel):
     results: list[Prediction]
 
 
-def validate_texts(texts: list[str], max_chars: int, max_batch: int) -> None:
+def validate_texts(texts: list[str], max_chars: int, max_batch: int, *, single: bool = False) -> None:
+    """Before any model work, so one bad text is a clear 4xx naming it, never a failed batch."""
     if not texts:
         raise HTTPException(422, "'texts' must hold at least one text")
     if len(texts) > max_batch:
         raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {max_batch}")
     for i, text in enumerate(texts):
-        where = "text" if len(texts) == 1 else f"texts[{i}]"
+        where = "text" if single else f"texts[{i}]"
         if not text.strip():
             raise HTTPException(422, f"{where} is empty")
         if len(text) > max_chars:
             raise HTTPException(413, f"{where} has {len(text)} characters; the limit is {max_chars}")
+        if problem := unicode_problem(where, text):
+            raise HTTPException(422, problem)
 
 
 @router.post(
     "/v1/classifiers/{name}/classify",
     response_model=ClassifyResponse,
-    responses={
-        401: {"description": "missing or invalid API key"},
-        403: {"description": "the key belongs to another classifier"},
-        404: {"description": "unknown classifier"},
-        413: {"description": "text too long or too many texts"},
-        422: {"description": "empty text or wrong types"},
-        503: {"description": "no model loaded for this classifier"},
-    },
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503, e413="request body or a text too long, or too many "
+                     "texts", e422="empty text, invalid Unicode or wrong types; detail names the field",
+                     e503="no model loaded for this classifier; see Retry-After"),
 )
 async def classify(
     body: ClassifyRequest,
@@ -81,7 +90,8 @@ async def classify(
     status = "error"
     try:
         texts = body.all_texts()
-        validate_texts(texts, services.settings.max_text_chars, services.settings.max_batch_texts)
+        validate_texts(texts, services.settings.max_text_chars, services.settings.max_batch_texts,
+                       single=body.text is not None)
         engine = services.engine
         if engine is None:
             status = "503"

@@ -46,6 +46,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: asyncio.Queue[_Item[T, R]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches_run = 0
+        self.batch_failures = 0  # batches that failed as a whole and were retried item by item
 
     def _ensure_started(self) -> asyncio.Queue[_Item[T, R]]:
         if self._queue is None or self._task is None or self._task.done():
@@ -89,17 +90,29 @@ class MicroBatcher(Generic[T, R]):
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [i.payload for i in batch])
-            except Exception as exc:  # every waiter learns why; the loop lives on
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+            except Exception as exc:
+                if len(batch) == 1:  # the waiter learns why; the loop lives on
+                    _settle(batch[0], exc)
+                else:  # one bad payload must not fail its neighbours: each alone, only the bad one fails
+                    self.batch_failures += 1
+                    for item in batch:
+                        await self._run_alone(loop, item)
                 continue
             self.batches_run += 1
             if self.on_batch:
                 self.on_batch(len(batch), time.perf_counter() - started)
             for item, result in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+                _settle(item, result)
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, item: _Item[T, R]) -> None:
+        if item.future.done():
+            return
+        try:
+            (result,) = await loop.run_in_executor(self.executor, self.run_batch, [item.payload])
+        except Exception as exc:
+            _settle(item, exc)
+        else:
+            _settle(item, result)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -107,3 +120,13 @@ class MicroBatcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+
+
+def _settle(item: _Item[T, R], outcome: R | Exception) -> None:
+    """Resolve a waiter unless it is gone (a disconnected client cancelled it)."""
+    if item.future.done():
+        return
+    if isinstance(outcome, Exception):
+        item.future.set_exception(outcome)
+    else:
+        item.future.set_result(outcome)

@@ -15,7 +15,7 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feedback.uploads import (
     API_SUBFOLDER,
@@ -27,13 +27,14 @@ from feedback.uploads import (
     safe_filename,
 )
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, new_id, stable_id
-from infra.http import Services, get_services, tenant_for_key
+from infra.guards import schema_extra, unicode_problem
+from infra.http import KeyFirstRoute, Services, errors, get_services, tenant_for_key
 from infra.predictions import PredictionRecord
 from infra.publisher import EventPublisher, NotDurable
 from infra.tenants import ClassifierConfig
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], route_class=KeyFirstRoute)
 
 ACK_TIMEOUT_S = 5.0  # a single feedback waits this long for the broker's ack before it is spooled instead
 RETRY_AFTER = {"Retry-After": "5"}
@@ -44,18 +45,39 @@ IdempotencyKey = Annotated[
 ]
 
 
+NonBlank = {"minLength": 1, "pattern": r"\S"}
+PredictionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 class FeedbackRequest(BaseModel):
-    prediction_id: str | None = Field(default=None, max_length=64, description="id returned by classify")
-    text: str | None = Field(default=None, description="the classified text, when there is no prediction_id")
-    label: str | None = Field(default=None, description="the label the text got, when there is no prediction_id")
+    # the schema states the cross-field rules too (allOf), so what it calls valid is accepted; optional
+    # fields are typed str with a None default (pydantic does not validate defaults): absent is None,
+    # an explicit null is refused, as the schema says
+
+    model_config = ConfigDict(json_schema_extra=schema_extra(allOf=[
+        {"anyOf": [{"required": ["prediction_id"]}, {"required": ["text", "label"]}]},
+        {"anyOf": [{"properties": {"verdict": {"const": "dislike"}}}, {"not": {"required": ["correct_label"]}}]},
+    ]))
+
+    prediction_id: PredictionId = Field(default=None, description="id returned by classify")
+    text: str = Field(default=None, json_schema_extra=NonBlank,
+                                             description="the classified text, when there is no prediction_id")
+    label: str = Field(default=None, description="the label the text got, when there is no "
+                                              "prediction_id; one of the classifier's labels")
     verdict: Literal["like", "dislike"]
-    correct_label: str | None = Field(default=None, description="what the label should have been (dislike)")
-    comment: str | None = Field(default=None, max_length=2000)
+    correct_label: str = Field(default=None, description="what the label should have been "
+                                                      "(dislike only); one of the classifier's labels")
+    comment: str = Field(default=None, max_length=2000)
 
     @model_validator(mode="after")
     def _reference(self) -> FeedbackRequest:
+        for name in ("prediction_id", "text", "label", "correct_label", "comment"):
+            if (value := getattr(self, name)) is not None and (problem := unicode_problem(name, value)):
+                raise ValueError(problem)
         if self.prediction_id is None and (self.text is None or self.label is None):
             raise ValueError("send a prediction_id, or the text and the label it got")
+        if self.verdict == "like" and self.correct_label is not None:
+            raise ValueError("a 'like' confirms the predicted label; send verdict 'dislike' with correct_label")
         return self
 
 
@@ -94,14 +116,10 @@ def _lookup(services: Services, cfg: ClassifierConfig, prediction_id: str) -> Pr
     "/v1/classifiers/{name}/feedback",
     status_code=202,
     response_model=FeedbackAccepted,
-    responses={
-        401: {"description": "missing or invalid API key"},
-        403: {"description": "the key belongs to another classifier"},
-        404: {"description": "unknown classifier or prediction"},
-        413: {"description": "text too long"},
-        422: {"description": "wrong verdict, unknown label, missing reference"},
-        503: {"description": "not accepted: neither the broker nor the local spool could take it; retry"},
-    },
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503, e404="unknown classifier or prediction",
+                     e413="request body or text too long",
+                     e422="wrong verdict, unknown label, missing reference, invalid Unicode; detail names the field",
+                     e503="not accepted: neither the broker nor the local spool could take it; see Retry-After"),
 )
 def post_feedback(
     body: FeedbackRequest,
@@ -111,6 +129,18 @@ def post_feedback(
 ) -> FeedbackAccepted:
     """Like or dislike one prediction; becomes a ``user_feedback`` review request."""
     publisher = _publisher(services)
+    # what the body says is checked whether or not a prediction record is found: a 202 never
+    # depends on which replica's lookup saw the record
+    if body.text is not None:
+        if not body.text.strip():
+            raise HTTPException(422, "text is empty")
+        limit = services.settings.max_text_chars
+        if len(body.text) > limit:
+            raise HTTPException(413, f"text has {len(body.text)} characters; the limit is {limit}")
+    if body.label is not None:
+        _check_label(cfg, body.label, "label")
+    if body.correct_label is not None:
+        _check_label(cfg, body.correct_label, "correct_label")
     record = _lookup(services, cfg, body.prediction_id) if body.prediction_id else None
     if body.prediction_id and record is None and (body.text is None or body.label is None):
         raise HTTPException(
@@ -124,16 +154,6 @@ def post_feedback(
     else:
         assert body.text is not None and body.label is not None
         text, label, confidence, scores, model_version = body.text, body.label, None, {}, None
-        if not text.strip():
-            raise HTTPException(422, "text is empty")
-        limit = services.settings.max_text_chars
-        if len(text) > limit:
-            raise HTTPException(413, f"text has {len(text)} characters; the limit is {limit}")
-        _check_label(cfg, label, "label")
-    if body.correct_label is not None:
-        _check_label(cfg, body.correct_label, "correct_label")
-        if body.verdict == "like" and body.correct_label != label:
-            raise HTTPException(422, "a 'like' confirms the predicted label; send verdict 'dislike' with correct_label")
     event_id = stable_id("user_feedback", cfg.name, idempotency_key) if idempotency_key else new_id()
     event = ReviewRequest(
         event_id=event_id, classifier=cfg.name, text=text, predicted_label=label, confidence=confidence,
@@ -151,14 +171,10 @@ def post_feedback(
     "/v1/classifiers/{name}/feedback/batch",
     status_code=202,
     response_model=UploadReport,
-    responses={
-        400: {"description": "malformed or empty file (the reason is in detail)"},
-        401: {"description": "missing or invalid API key"},
-        404: {"description": "unknown classifier"},
-        413: {"description": "file larger than SIFT_MAX_UPLOAD_BYTES"},
-        503: {"description": "not accepted: neither the broker nor the local spool could take the rows; retry "
-                            "the same file (rows that got through have the same event ids and are deduped)"},
-    },
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503, e400="malformed or empty file (the reason is in detail)",
+                     e413="file larger than SIFT_MAX_UPLOAD_BYTES",
+                     e503="not accepted: neither the broker nor the local spool could take the rows; retry the "
+                          "same file (rows that got through have the same event ids and are deduped)"),
 )
 def post_feedback_batch(
     file: UploadFile = File(..., description="CSV, JSONL or {\"classifier\", \"sentences\"} JSON"),

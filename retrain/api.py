@@ -13,12 +13,13 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from infra.http import Services, get_services, require_admin
+from infra.http import KeyFirstRoute, Services, get_services, require_admin
 from retrain.job import CandidateSpec, JobOptions, JobRecord, RetrainJob, list_jobs, load_job
 from retrain.lock import LockBusy
 from retrain.models import ModelSummary
 
-router = APIRouter(prefix="/v1/admin/classifiers", tags=["retrain"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/admin/classifiers", tags=["retrain"], dependencies=[Depends(require_admin)],
+                   route_class=KeyFirstRoute)
 
 
 class RetrainRequest(BaseModel):

@@ -7,12 +7,13 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from infra.http import Services, get_services, require_admin
+from infra.http import KeyFirstRoute, Services, get_services, require_admin
 from infra.tenants import AlreadyExists, ClassifierConfig, NotFound, RetrainPolicy, TenantError
 from sift.errors import validation_message
 from sift.onboarding import build_config, create_classifier
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   route_class=KeyFirstRoute)
 
 
 class CreateClassifier(BaseModel):
@@ -22,6 +23,8 @@ class CreateClassifier(BaseModel):
     base_model: str = ""
     description: str = ""
     review_window: int = 50
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 400
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
 
 
@@ -29,6 +32,8 @@ class UpdateClassifier(BaseModel):
     threshold: float | None = None
     description: str | None = None
     review_window: int | None = None
+    rate_limit_per_s: float | None = None
+    rate_limit_burst: int | None = None
     retrain: RetrainPolicy | None = None
 
 
@@ -39,6 +44,8 @@ class ClassifierView(BaseModel):
     base_model: str
     description: str
     review_window: int
+    rate_limit_per_s: float
+    rate_limit_burst: int
     retrain: RetrainPolicy
     label_studio_project_id: int | None
     api_key_ids: list[str]

@@ -7,16 +7,18 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, Literal, cast
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from classifier.api import router as classify_router
 from classifier.engine import ServingEngine
 from feedback.api import router as feedback_router
-from infra.http import Services
+from infra.guards import BodyLimit, Guards
+from infra.http import ErrorBody, Services, errors, require_admin
 from infra.predictions import PredictionStore
 from infra.publisher import EventPublisher
 from infra.settings import Settings, get_settings
@@ -70,17 +72,44 @@ def _engine(services: Services) -> ServingEngine:
     return cast(ServingEngine, services.engine)
 
 
-def _preload(services: Services, done: threading.Event) -> None:
-    """Load every classifier's champion before declaring the replica ready."""
+def _preload(services: Services, done: threading.Event, failed: dict[str, str]) -> None:
+    """Load every classifier's champion before declaring the replica ready; note what failed."""
     engine = _engine(services)
     try:
-        for cfg in services.tenants.list():
+        configs = services.tenants.list()
+    except Exception as exc:
+        log.exception("could not list the classifiers")
+        failed["*"] = f"could not list the classifiers: {type(exc).__name__}: {exc}"
+        configs = []
+    try:
+        for cfg in configs:
+            engine.slot(cfg.name)  # the model watcher's poll retries a slot whose load failed
             try:
                 engine.refresh(cfg.name)
-            except Exception:
+            except Exception as exc:
                 log.exception("could not load the champion of %s", cfg.name)
+                failed[cfg.name] = f"{type(exc).__name__}: {exc}"
     finally:
         done.set()
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading models", "not ready"]
+    failed_count: int = Field(default=0, description="champions that exist but could not be loaded")
+    models: dict[str, str] | None = Field(default=None, description="classifier -> version (admin key only)")
+    failed: dict[str, str] | None = Field(default=None, description="classifier -> why (admin key only)")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+AdminKeyHeader = Header(default=None, description="the admin key: details (readyz) or access (metrics)")
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def create_app(settings: Settings | None = None, *, engine: ServingEngine | None = None,
@@ -88,12 +117,13 @@ def create_app(settings: Settings | None = None, *, engine: ServingEngine | None
     """``engine`` / ``publisher`` replace the ones built from settings (tests, benchmarks)."""
     settings = settings or get_settings()
     ready = threading.Event()
+    failed: dict[str, str] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, engine=engine, publisher=publisher)
         app.state.services = services
-        threading.Thread(target=_preload, args=(services, ready), daemon=True, name="preload").start()
+        threading.Thread(target=_preload, args=(services, ready, failed), daemon=True, name="preload").start()
         watcher = None
         if settings.model_watch:
             from classifier.model_watch import ModelWatcher
@@ -121,21 +151,96 @@ def create_app(settings: Settings | None = None, *, engine: ServingEngine | None
     app.include_router(retrain_router)
 
     install_error_handlers(app)
+    app.state.guards = Guards(settings.auth_failure_per_s, settings.auth_failure_burst)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["ops"], response_model=Health)
+    async def healthz() -> Health:
+        """Liveness: answers from the event loop, no thread, no I/O."""
+        return Health()
 
-    @app.get("/readyz", tags=["ops"])
-    def readyz(request: Request) -> JSONResponse:
+    async def admin_view(request: Request, x_admin_key: str | None) -> bool:
+        """True with the right admin key, False without one; a wrong key is 401/403 (and counted)."""
+        if x_admin_key is None:
+            return False
+        await require_admin(request, x_admin_key, request.app.state.services)
+        return True
+
+    @app.get("/readyz", tags=["ops"], response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "loading, or a champion failed to load"},
+                        **errors(401, 403, 429)})
+    async def readyz(request: Request, x_admin_key: str | None = AdminKeyHeader) -> JSONResponse:
+        """Ready once every existing champion is loaded. Classifier names only with the admin key."""
+        detailed = await admin_view(request, x_admin_key)
         services: Services = request.app.state.services
+        engine = _engine(services)
         if not ready.is_set():
-            return JSONResponse({"status": "loading models"}, status_code=503)
-        versions = {name: slot.model.version for name, slot in _engine(services).slots.items() if slot.model}
-        return JSONResponse({"status": "ready", "models": versions})
+            body, code = Readiness(status="loading models"), 503
+        else:
+            still = {name: why for name, why in failed.items() if name == "*" or engine.loaded_version(name) is None}
+            body = Readiness(status="not ready" if still else "ready", failed_count=len(still))
+            code = 503 if still else 200
+            if detailed:
+                body.failed = still
+        if detailed:
+            body.models = {name: slot.model.version for name, slot in engine.slots.items() if slot.model}
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
 
-    @app.get("/metrics", tags=["ops"])
-    def prometheus_metrics() -> PlainTextResponse:
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}, **errors(401, 403, 429)})
+    async def prometheus_metrics(request: Request, x_admin_key: str | None = AdminKeyHeader) -> PlainTextResponse:
+        """Needs the admin key (its labels name every classifier) unless SIFT_METRICS_PUBLIC=true."""
+        if not settings.metrics_public and not await admin_view(request, x_admin_key or _bearer(request)):
+            raise HTTPException(401, "metrics need the admin key (x-admin-key or Authorization: Bearer), "
+                                     "or SIFT_METRICS_PUBLIC=true")
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(FastAPI.openapi(app), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def document_errors(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Make the OpenAPI say what this app really answers, beyond what each route declares.
+
+    FastAPI documents 422 as its ``HTTPValidationError`` list, but the handler above answers
+    ``{"detail": "<text>"}``; the body limit, malformed JSON and key checks apply across routes;
+    the text limits are settings, so the request schemas get them here.
+    """
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorBody"] = ErrorBody.model_json_schema()
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            headers = {p["name"].lower() for p in op.get("parameters", []) if p.get("in") == "header"}
+            content = op.get("requestBody", {}).get("content", {})
+            codes = {"422": "invalid input; detail names the field"} if op.get("parameters") or content else {}
+            if content:
+                codes["413"] = "request body over its limit"
+            if "application/json" in content:
+                codes["400"] = "malformed JSON body"
+            if headers & {"x-api-key", "x-admin-key"}:
+                codes |= {"401": "missing or malformed key", "403": "wrong key", "429": "rate limited"}
+            for code, text in codes.items():
+                error = responses.setdefault(code, {"description": text})
+                if "HTTPValidationError" in str(error.get("content")):
+                    error["description"] = text
+                error["content"] = {"application/json": {"schema": ERROR_REF}}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    text = {"maxLength": settings.max_text_chars}
+    if clf := schemas.get("ClassifyRequest"):
+        clf["properties"]["text"] |= text
+        clf["properties"]["texts"]["items"] |= text
+        clf["properties"]["texts"]["maxItems"] = settings.max_batch_texts
+    if fb := schemas.get("FeedbackRequest"):
+        fb["properties"]["text"] |= text
+    return schema

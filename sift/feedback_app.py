@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from feedback.api import router
+from infra.guards import BodyLimit, Guards
 from infra.http import Services
 from infra.predictions import PredictionStore
 from infra.publisher import EventPublisher
@@ -38,6 +39,9 @@ def create_feedback_app(settings: Settings | None = None, *, publisher: EventPub
     app = FastAPI(title="Sift feedback", lifespan=lifespan)
     app.include_router(router)
     install_error_handlers(app)
+    # the same limits as the main app (sift.app)
+    app.state.guards = Guards(settings.auth_failure_per_s, settings.auth_failure_burst)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

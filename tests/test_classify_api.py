@@ -109,12 +109,16 @@ def test_ops_endpoints(served):
     c, name = served["client"], served["name"]
     assert c.get("/healthz").json() == {"status": "ok"}
     assert c.post(url(name), json={"text": "some words"}).status_code == 200
+    admin = {"x-admin-key": served["settings"].admin_key}
     deadline = time.monotonic() + 120
-    while (ready := c.get("/readyz")).status_code == 503 and time.monotonic() < deadline:
+    while (ready := c.get("/readyz", headers=admin)).status_code == 503 and time.monotonic() < deadline:
         assert ready.json()["status"] == "loading models"
         time.sleep(0.5)
     assert ready.status_code == 200 and ready.json()["models"][name] == served["version"]
-    metrics = c.get("/metrics").text
+    # anonymous callers learn readiness, not tenant names
+    assert c.get("/readyz").json() == {"status": "ready", "failed_count": 0}
+    assert c.get("/metrics").status_code == 401
+    metrics = c.get("/metrics", headers=admin).text
     assert f'sift_classify_requests_total{{classifier="{name}",status="200"}}' in metrics
     assert "sift_batch_size_bucket" in metrics
     assert f'sift_model_version{{classifier="{name}"}} {float(served["version"])}' in metrics

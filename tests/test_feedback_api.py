@@ -13,14 +13,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from feedback.api import router as feedback_router
+from classifier.engine import ServingEngine
 from infra.events import ReviewRequest
 from infra.http import Services
 from infra.predictions import PredictionRecord
 from infra.publisher import EventPublisher
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig
-from sift.feedback_app import create_feedback_app
+from sift.app import create_app
 from tests.bus_helpers import isolated, read_topic
 
 pytestmark = pytest.mark.timeout(180)
@@ -28,17 +28,8 @@ LABELS = ["sports", "tech", "politics"]
 
 
 def build_app(settings: Settings, publisher: EventPublisher) -> FastAPI:
-    """The real API app (sift.app) with the feedback router; the feedback-only app while the model
-    runtime cannot be imported (it is being written concurrently)."""
-    try:
-        from classifier.engine import ServingEngine
-        from sift.app import create_app
-    except ImportError:
-        return create_feedback_app(settings, publisher=publisher)
-    app = create_app(settings, engine=ServingEngine(lambda name: None), publisher=publisher)
-    if not any(getattr(r, "path", "") == "/v1/classifiers/{name}/feedback" for r in app.routes):
-        app.include_router(feedback_router)  # until sift.app mounts it
-    return app
+    """The real API app (sift.app); no model is needed for feedback, so the engine resolves none."""
+    return create_app(settings, engine=ServingEngine(lambda name: None), publisher=publisher)
 
 
 @dataclass
@@ -136,6 +127,14 @@ def test_bad_feedback_is_a_clear_4xx(ctx: Ctx, body: dict, status: int, message:
     r = ctx.client.post(ctx.url(), json=body)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"]
+
+
+def test_a_bad_label_is_refused_even_with_a_known_prediction(ctx: Ctx) -> None:
+    pid = _prediction(ctx)
+    r = ctx.client.post(ctx.url(), json={"prediction_id": pid, "label": "cooking", "verdict": "dislike",
+                                         "correct_label": "sports"})
+    assert r.status_code == 422 and "label: unknown label 'cooking'" in r.json()["detail"], r.text
+    assert ctx.events() == []
 
 
 def test_auth_and_unknown_classifier(ctx: Ctx) -> None:
