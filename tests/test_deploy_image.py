@@ -66,7 +66,7 @@ class Containers:
         self.names.append(name)
         self.volumes.append(volume)
         opts = ["run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-                "--volume", f"{volume}:/data"]
+                "--volume", f"{volume}:/data:U"]
         for key, value in env.items():
             opts += ["--env", f"{key}={value}"]
         if entrypoint:
