@@ -62,7 +62,7 @@ test-deploy: $(BIN)/.installed install-deploy
 	cd infra/deploy && S3_SECRET_KEY=x LABEL_STUDIO_TOKEN=x WEBHOOK_SECRET=x ADMIN_KEY=x POSTGRES_PASSWORD=x \
 	  LABEL_STUDIO_PASSWORD=x docker-compose config -q
 	$(BIN)/python infra/deploy/podman_build.py --tag $(SIFT_IMAGE) --base $(SIFT_BASE_IMAGE)
-	SIFT_TEST_IMAGE=$(SIFT_IMAGE) SIFT_TEST_BASE_IMAGE=$(SIFT_BASE_IMAGE) \
+	SIFT_TEST_IMAGE=$(SIFT_IMAGE) SIFT_TEST_BASE_IMAGE=$(SIFT_BASE_IMAGE) SIFT_TEST_IMAGE_BUILT=1 \
 	  $(BIN)/python -m pytest tests/test_deploy_files.py tests/test_deploy_checks.py tests/test_deploy_image.py $(PYTEST_ARGS)
 
 up: install

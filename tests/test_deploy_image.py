@@ -46,7 +46,11 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    """The image of this working tree (layers cached: unchanged code rebuilds nothing)."""
+    """The image of this working tree (layers cached: unchanged code rebuilds nothing); `make test-deploy`
+    has just built it and says so with SIFT_TEST_IMAGE_BUILT=1."""
+    if os.environ.get("SIFT_TEST_IMAGE_BUILT") == "1":
+        podman("image", "exists", IMAGE)
+        return IMAGE
     subprocess.run([sys.executable, str(ROOT / "infra" / "deploy" / "podman_build.py"), "--tag", IMAGE,
                     "--base", BASE], check=True, cwd=ROOT, stdout=subprocess.DEVNULL, timeout=3600)
     return IMAGE

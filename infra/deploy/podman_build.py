@@ -81,7 +81,8 @@ def build(tag: str, base: str) -> float:
         mounts = build_mounts(host_pip_config(), Path(tmp) / "pip.conf")
         start = time.monotonic()
         subprocess.run([
-            "nice", "-n", "5", "podman", "build", "--layers", "-f", "infra/deploy/Dockerfile", "-t", tag,
+            "nice", "-n", "5", "podman", "build", "--layers", "--format", "docker",  # docker: keeps HEALTHCHECK
+            "-f", "infra/deploy/Dockerfile", "-t", tag,
             "--build-arg", f"BASE_IMAGE={base}",
             # the CPU wheel comes from the host's find-links/indexes, not from the PyTorch index
             "--build-arg", "TORCH_INDEX_URL=https://pypi.org/simple", *mounts, ".",
