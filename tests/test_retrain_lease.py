@@ -111,6 +111,7 @@ def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
         server.stop()
 
 
+@pytest.mark.integration  # starts its own SeaweedFS
 def test_renewer_survives_an_s3_outage_and_keeps_the_lease(own_s3):
     store = ObjectStore(Settings(s3_endpoint=own_s3.endpoint, s3_access_key="lease-test",
                                  s3_secret_key="lease-test-secret", s3_region="us-east-1", bucket="lease"))
@@ -139,6 +140,7 @@ def test_rollback_takes_the_lease_so_it_never_interleaves_with_a_job(s3_server):
         rollback(registry, store, lambda event: None, name)
 
 
+@pytest.mark.integration  # starts its own SeaweedFS
 def test_worker_job_thread_survives_an_s3_outage(own_s3, caplog, monkeypatch):
     from infra.tenants import ClassifierConfig, TenantStore
     from retrain.job import list_jobs
