@@ -134,7 +134,12 @@ class ServingEngine:
                 return None
             version, model_dir = found
             if self.loaded_version(classifier) != version:
-                self.swap_in(classifier, self.load_model(classifier, version, model_dir))
+                try:
+                    model = self.load_model(classifier, version, model_dir)
+                except Exception:
+                    metrics.LOAD_FAILURES.labels(classifier).inc()  # alerting: the champion is not served here
+                    raise
+                self.swap_in(classifier, model)
             return version
 
     async def ensure_loaded(self, classifier: str) -> ModelSlot:

@@ -24,3 +24,5 @@ BACKENDS = ("onnx-int8", "onnx", "torch-int8", "torch")
 BACKEND = Gauge("sift_model_backend", "what runs the forward pass (1 = in service)", ["classifier", "backend"])
 SWAPS = Counter("sift_model_swaps_total", "models swapped in", ["classifier"])
 LOW_CONFIDENCE = Counter("sift_low_confidence_total", "predictions routed to review", ["classifier"])
+LOAD_FAILURES = Counter("sift_model_load_failures_total", "champion versions this replica failed to load",
+                        ["classifier"])

@@ -259,6 +259,10 @@ def test_readyz_is_503_naming_a_champion_that_failed_to_load(sift_settings, mlfl
         detailed = client.get("/readyz", headers=admin).json()
         assert name in detailed["failed"] and detailed["failed"][name]
         assert client.get("/healthz").json() == {"status": "ok"}
+        scraped = client.get("/metrics", headers=admin).text  # what the SiftChampionNotLoaded alert reads
+        failures = [line for line in scraped.splitlines()
+                    if line.startswith(f'sift_model_load_failures_total{{classifier="{name}"}}')]
+        assert failures and float(failures[0].split()[-1]) >= 1, failures
 
 
 def test_tenant_cache_is_bounded_and_forgets_misses_quickly(sift_settings) -> None:
