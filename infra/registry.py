@@ -203,7 +203,7 @@ class Registry:
 
     def delete_version(self, classifier: str, version: str) -> None:
         """Remove a version from the registry (retention); its run and artifacts stay in MLflow."""
-        self._client.delete_model_version(self.model_name(classifier), str(version))
+        self._client.delete_model_version(model_name(classifier), str(version))
 
     def version_tags(self, classifier: str, version: str) -> dict[str, str]:
         return dict(self.model_version(classifier, version).tags or {})
