@@ -19,10 +19,10 @@ def test_collected_finished_tasks_are_deleted_after_the_policy(review_env: Revie
     client.annotations.create(id=ids[0], result=choice_result(LABELS[0]))
     client.annotations.create(id=ids[1], result=[], was_cancelled=True)  # a skip is collected too
     client.annotations.create(id=ids[3], result=choice_result(LABELS[1]))
-    assert wait_until(lambda: len(env.dataset_keys()) == 3, 30, 0.2), env.dataset_keys()  # by the webhook
-    prefix = f"review/{env.name}/collected/"
+    prefix = f"review/{env.name}/collected/"  # the marker is written last: wait on it, not the dataset file
+    assert wait_until(lambda: len(list(env.store.list_keys(prefix))) == 3, 30, 0.2), env.dataset_keys()
     for key in list(env.store.list_keys(prefix)):  # as if the last webhook was lost, not yet reconciled
-        if env.store.get_json(env.store.get_bytes(key).decode())["review_task_id"] == ids[3]:
+        if env.store.get_json(env.store.get_bytes(key).decode())["review_task_id"] == int(ids[3]):
             env.store.delete(key)
     assert len(list(env.store.list_keys(prefix))) == 2
 
