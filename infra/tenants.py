@@ -65,6 +65,23 @@ class RetrainPolicy(BaseModel):
     alert_webhook_url: str | None = None
 
 
+class RetentionPolicy(BaseModel):
+    """How long a classifier's data is kept (``sift gc`` and the gc worker apply it)."""
+
+    predictions_days: float = Field(default=30, gt=0, description="stored prediction texts (feedback by id)")
+    uploads_days: float = Field(default=90, gt=0, description="raw feedback uploads and their reports")
+    finished_tasks_days: float = Field(default=30, gt=0, description="finished review tasks, once collected")
+    keep_versions: int = Field(default=5, ge=1, description="newest model versions kept besides the champion's lineage")
+
+
+class DriftPolicy(BaseModel):
+    """How predictions are compared with the champion's evaluation reference."""
+
+    window_hours: float = Field(default=24, gt=0, description="rolling window of stored predictions")
+    alert_psi: float = Field(default=0.2, gt=0, description="alert when label or confidence PSI exceeds this")
+    min_predictions: int = Field(default=100, ge=1, description="no score below this many predictions")
+
+
 class ApiKeyRecord(BaseModel):
     key_id: str
     sha256: str
@@ -78,6 +95,8 @@ class ClassifierConfig(BaseModel):
     base_model: str = ""
     description: str = ""
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
     review_window: int = Field(default=50, ge=1, le=10_000, description="open Label Studio tasks kept queued")
     label_studio_project_id: int | None = None
     # Label Studio sends it with every webhook of this classifier's project; None: SIFT_WEBHOOK_SECRET.

@@ -19,6 +19,32 @@ class ClassScores(BaseModel):
     support: int
 
 
+REFERENCE_ARTIFACT = "reference/prediction-reference.json"  # in the MLflow run of each version
+CONFIDENCE_BINS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0000001)
+
+
+class PredictionReference(BaseModel):
+    """What the model predicts on its evaluation set: the baseline drift monitoring compares with."""
+
+    n: int
+    label_share: dict[str, float]
+    confidence_bins: list[float] = list(CONFIDENCE_BINS)
+    confidence_share: list[float]  # share of predictions per [bins[i], bins[i+1]) interval
+
+
+def prediction_reference(labels: list[str], predicted: list[str], confidence: list[float]) -> PredictionReference:
+    """Label shares and confidence histogram of a list of predictions (the same code for both sides of drift)."""
+    n = len(predicted)
+    counts = {label: 0 for label in labels}
+    for label in predicted:
+        counts[label] = counts.get(label, 0) + 1
+    hist, _ = np.histogram(np.clip(np.asarray(confidence, float), 0, 1), bins=np.asarray(CONFIDENCE_BINS))
+    return PredictionReference(
+        n=n, label_share={k: (v / n if n else 0.0) for k, v in counts.items()},
+        confidence_share=[(float(h) / n if n else 0.0) for h in hist],
+    )
+
+
 class EvalReport(BaseModel):
     labels: list[str]
     n: int
@@ -27,6 +53,7 @@ class EvalReport(BaseModel):
     per_class: dict[str, ClassScores]
     confusion: list[list[int]]  # rows: true label, columns: predicted label, in ``labels`` order
     model_version: str = ""
+    reference: PredictionReference | None = None
 
     def flat_metrics(self, prefix: str = "") -> dict[str, float]:
         """Scalar metrics for MLflow: accuracy, macro_f1, and f1/recall per label."""
@@ -70,4 +97,7 @@ def evaluate(model: LoadedModel | str | Path, rows: list[LabeledText], **load_kw
         raise ValueError(f"evaluation rows have labels the model does not know: {unknown}")
     probs = model.predict_proba([r.text for r in rows])
     y_pred = probs.argmax(axis=1).tolist() if len(rows) else []
-    return scores_from_predictions(model.labels, [index[r.label] for r in rows], y_pred, model.version)
+    report = scores_from_predictions(model.labels, [index[r.label] for r in rows], y_pred, model.version)
+    report.reference = prediction_reference(model.labels, [model.labels[i] for i in y_pred],
+                                            probs.max(axis=1).tolist() if len(rows) else [])
+    return report

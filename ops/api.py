@@ -1,4 +1,4 @@
-"""Admin API for dead letters (``x-admin-key``), the same operations as ``sift dlq``."""
+"""Admin API (``x-admin-key``): dead letters (as ``sift dlq``) and drift (as ``sift drift``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from infra.http import KeyFirstRoute, Services, get_services, require_admin
+from infra.tenants import NotFound
 from ops.deadletters import DeadLetterEntry, DeadLetterGroup, DeadLetters, NotReplayable
+from ops.drift import Drift, DriftReport
 
 router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"], dependencies=[Depends(require_admin)],
                    route_class=KeyFirstRoute)
+
+
+drift_router = APIRouter(prefix="/v1/admin/drift", tags=["admin"], dependencies=[Depends(require_admin)],
+                         route_class=KeyFirstRoute)
 
 
 class Selection(BaseModel):
@@ -65,3 +71,12 @@ async def replay_dead_letters(sel: Selection, services: Services = Depends(get_s
 async def purge_dead_letters(sel: Selection, services: Services = Depends(get_services)) -> Done:
     dlq = DeadLetters(services.settings, services.store)
     return Done(ids=await run_in_threadpool(lambda: dlq.purge(_select(dlq, sel))))
+
+
+@drift_router.get("/{classifier}", response_model=DriftReport, responses={404: {"description": "no such classifier"}})
+async def drift(classifier: str, services: Services = Depends(get_services)) -> DriftReport:
+    """Scores the champion's recent predictions; also sets ``sift_drift_psi`` on this process's /metrics."""
+    try:
+        return await run_in_threadpool(Drift(services.settings, services.store).check, classifier, alert=False)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None

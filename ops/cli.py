@@ -1,12 +1,19 @@
-"""``sift dlq``: what the pipeline could not process, and what to do about it."""
+"""``sift dlq`` (what the pipeline could not process, and what to do about it), ``sift gc``, ``sift drift``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import typer
 
 from ops.deadletters import DeadLetterEntry, DeadLetters, NotReplayable
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from ops.retention import Retention
 
 app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
 
@@ -78,3 +85,47 @@ def purge(
     dlq = _dlq()
     done = dlq.purge(_select(dlq, ids or [], all_open, classifier))
     typer.echo(json.dumps({"purged": done}))
+
+
+def register_commands(root: typer.Typer, make_retention: Callable[[Settings], Retention]) -> None:
+    """Add ``sift gc`` and ``sift drift`` to the root CLI; the composition root supplies the retention
+    (with the review stage's task pruner, which ops may not import)."""
+
+    @root.command("gc")
+    def gc(
+        classifier: str | None = typer.Option(None, help="only this classifier (shared prediction segments skipped)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="report what would be deleted, delete nothing"),
+        now: datetime | None = typer.Option(None, help="apply the policies as of this time (UTC), default now"),
+    ) -> None:
+        """Apply every classifier's retention policy once: predictions, uploads, finished review tasks,
+        model versions beyond the newest N (never the champion's lineage), model cache."""
+        from infra.settings import get_settings
+        from infra.tenants import NotFound
+
+        at = (now.replace(tzinfo=UTC) if now.tzinfo is None else now) if now else None
+        try:
+            report = make_retention(get_settings()).run(at, classifier=classifier, dry_run=dry_run)
+        except NotFound as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+        typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))
+
+    @root.command("drift")
+    def drift(
+        name: str,
+        full: bool = typer.Option(False, "--full", help="also the reference and current distributions"),
+    ) -> None:
+        """PSI of the champion's recent predictions (labels, confidence) against its evaluation reference."""
+        from infra.objectstore import ObjectStore
+        from infra.settings import get_settings
+        from infra.tenants import NotFound
+        from ops.drift import Drift
+
+        settings = get_settings()
+        try:
+            report = Drift(settings, ObjectStore(settings)).check(name, alert=False)
+        except NotFound as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+        typer.echo(json.dumps(report.model_dump(mode="json", exclude=None if full else {"reference", "current"}),
+                              indent=2))

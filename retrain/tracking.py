@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from infra.registry import ChampionMoved, Registry, configure_mlflow
 from infra.settings import resolve_base_model
 from infra.tenants import ClassifierConfig
+from model.evaluate import REFERENCE_ARTIFACT
 from model.train import TrainResult, TrainSpec, fine_tune
 from retrain.dataio import LabeledText, fingerprint, label_counts, stratified_split
 from retrain.report import write_report
@@ -140,6 +141,9 @@ def train_and_register(
                      extra={"classifier": cfg.name, "run_id": run_id, "eval_source": eval_source})
         registry.log_artifacts(run_id, result.model_dir, "model")
         registry.log_artifacts(run_id, report_dir, "report")
+        if result.eval_report is not None and result.eval_report.reference is not None:
+            # the version's baseline for drift monitoring (ops/drift.py reads it)
+            registry.log_dict(run_id, result.eval_report.reference.model_dump(mode="json"), REFERENCE_ARTIFACT)
         ref = registry.register(cfg.name, run_id, artifact_path="model", tags={
             "dataset_fingerprint": result.dataset_fingerprint,
             **({"parent_version": parent_version} if parent_version else {}),

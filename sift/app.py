@@ -22,6 +22,7 @@ from infra.http import ErrorBody, Services, errors, require_admin
 from infra.predictions import PredictionStore
 from infra.publisher import EventPublisher
 from infra.settings import Settings, get_settings
+from ops.api import drift_router
 from ops.api import router as dead_letters_router
 from retrain.api import router as retrain_router
 from review.api import build_collector
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None, *, engine: ServingEngine | None
     app.include_router(review_router)
     app.include_router(admin.router)
     app.include_router(dead_letters_router)
+    app.include_router(drift_router)
     app.include_router(retrain_router)
 
     install_error_handlers(app)

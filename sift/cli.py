@@ -19,12 +19,15 @@ def _mount_stage_clis() -> None:
     from demo.cli import demo
     from feedback.cli import app as feedback_cli
     from ops.cli import app as ops_cli
+    from ops.cli import register_commands as register_ops_commands
     from retrain.cli import app as retrain_cli
     from review.cli import app as review_cli
+    from sift.gc import retention as gc_retention
 
     app.add_typer(feedback_cli, name="feedback")
     app.add_typer(review_cli, name="review")
     app.add_typer(ops_cli, name="dlq")
+    register_ops_commands(app, gc_retention)
     app.add_typer(retrain_cli)  # no name: `sift retrain`, `sift rollback`, `sift models ...` at the top level
     app.command()(demo)
 
@@ -265,6 +268,12 @@ def worker_reconcile() -> None:
 def worker_dropfolder() -> None:
     """Ingest batch feedback files dropped in s3://<bucket>/feedback-uploads/<classifier>/."""
     _run_worker("feedback.dropfolder:run_dropfolder_worker")
+
+
+@worker.command("gc")
+def worker_gc() -> None:
+    """Apply retention policies and check drift every SIFT_GC_INTERVAL_SECONDS (default 3600)."""
+    _run_worker("sift.gc:run_worker")
 
 
 @worker.command("retrain")

@@ -68,7 +68,7 @@ def up(settings: Settings, *, with_label_studio: bool, demo: bool, train_rows: i
     py = sys.executable
     stack.spawn("api", [py, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
                         "--port", str(api_port), "--no-access-log"], ready_port=api_port)
-    for worker in ("review", "retrain", "dropfolder", "reconcile"):
+    for worker in ("review", "retrain", "dropfolder", "reconcile", "gc"):
         stack.spawn(f"worker-{worker}", [py, "-m", "sift.cli", "worker", worker])
     api = settings.public_api_url
     typer.echo("")
