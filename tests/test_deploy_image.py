@@ -137,7 +137,8 @@ def test_api_role_serves_the_champion_and_feedback_round_trips(containers, sift_
     def ready() -> bool:
         assert containers.running(api), containers.logs(api)
         try:
-            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            # which model serves is told to the admin key only (tenant names stay private)
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", headers={"x-admin-key": settings.admin_key}, timeout=5)
         except httpx.HTTPError:
             return False
         return r.status_code == 200 and r.json()["models"].get(name) == version
