@@ -1,7 +1,7 @@
 """``sift status``: the whole pipeline at a glance, assembled from each stage's own status reader.
 
 Wiring only: every number comes from the owner of its store (the local stack's pid files, Kafka
-committed offsets, the local spool, the registry, the review queue, the retrain job records).
+committed offsets, the local spool, the registry, the review queue, the retrain job records, drift from ops).
 A part that cannot be read shows its error instead of hiding the rest.
 """
 
@@ -28,6 +28,7 @@ class ClassifierStatus(BaseModel):
     pending_tasks: int | None = None
     reviewed: int | None = None
     last_retrain: str | None = None
+    drift: str | None = None
     errors: list[str] = []
 
 
@@ -63,6 +64,7 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
     from infra.registry import Registry
     from infra.spool import Spool
     from infra.tenants import TenantStore
+    from ops.drift import Drift
     from retrain.job import list_jobs
     from review.status import review_status
 
@@ -73,6 +75,7 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
     spool = _try(errors, "spool", lambda: Spool(settings.spool_dir))
     store = ObjectStore(settings)
     registry = Registry(settings)
+    drift = Drift(settings, store, registry)
     rows = []
     for cfg in _try(errors, "classifiers", TenantStore(store).list) or []:
         row = ClassifierStatus(name=cfg.name, threshold=cfg.threshold)
@@ -85,6 +88,10 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
         if jobs:
             job = jobs[0]
             row.last_retrain = f"{job.status}: {job.reason}"[:160] if job.reason else job.status
+        report = _try(row.errors, "drift", lambda c=cfg: drift.check(c.name, alert=False)) if row.champion else None
+        if report is not None:
+            row.drift = (f"label PSI {report.label_psi:.3f}, confidence PSI {report.confidence_psi:.3f}"
+                         if report.label_psi is not None and report.confidence_psi is not None else report.status)
         rows.append(row)
     return PipelineStatus(
         processes=processes, lag=lag, classifiers=rows, errors=errors,
@@ -112,6 +119,8 @@ def render(status: PipelineStatus) -> str:
     for c in status.classifiers:
         lines.append(f"  {c.name:<16} {cell(c.champion):>8} {c.threshold:>6.2f} {cell(c.backlog):>7} "
                      f"{cell(c.pending_tasks):>7} {cell(c.reviewed):>8}  {cell(c.last_retrain)}")
+        if c.drift:
+            lines.append(f"      drift: {c.drift}")
         lines += [f"      ! {e}" for e in c.errors]
     lines += [f"! {e}" for e in status.errors]
     return "\n".join(lines)

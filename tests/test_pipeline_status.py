@@ -43,6 +43,7 @@ def test_status_shows_lag_spool_and_each_classifier(sift_settings, mlflow_server
     assert status["spool_events"] == 2 and status["spool_oldest_age_s"] >= 0
     [row] = [c for c in status["classifiers"] if c["name"] == name]
     assert row["threshold"] == 0.55 and row["champion"] is None and row["last_retrain"] is None
+    assert row["drift"] is None  # scored only against a champion's reference
     assert row["backlog"] == 0 and row["errors"] == []
 
     page = CliRunner().invoke(app, ["status"])
