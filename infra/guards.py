@@ -73,9 +73,10 @@ class BodyLimit:
         upload = self.is_upload(scope["path"])
         limit = self.max_upload_bytes if upload else self.max_body_bytes
         what = "upload" if upload else "request body"
+        setting = "SIFT_MAX_UPLOAD_BYTES" if upload else "SIFT_MAX_BODY_BYTES"
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_413(send, f"{what} of {declared} bytes; the limit is {limit}")
+            await _send_413(send, f"{what} of {declared} bytes; the limit is {limit} ({setting})")
             return
         seen = 0
         started = False
@@ -86,7 +87,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise HTTPException(413, f"{what} over the limit of {limit} bytes")
+                    raise HTTPException(413, f"{what} over the limit of {limit} bytes ({setting})")
             return message
 
         async def tracking_send(message: Message) -> None:
