@@ -30,16 +30,12 @@ class Done(BaseModel):
 
 
 def _select(dlq: DeadLetters, sel: Selection) -> list[DeadLetterEntry]:
-    if not sel.ids and not sel.all:
-        raise HTTPException(422, "name dead-letter ids or set all=true")
-    entries = dlq.entries(classifier=sel.classifier, include_closed=bool(sel.ids))
-    if sel.all:
-        return entries
-    by_id = {e.id: e for e in entries}
-    missing = [i for i in sel.ids if i not in by_id]
-    if missing:
-        raise HTTPException(404, f"no dead letter {', '.join(missing)}")
-    return [by_id[i] for i in sel.ids]
+    try:
+        return dlq.select(sel.ids, sel.all, sel.classifier)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(422, f"{exc} (all=true)") from exc
 
 
 @router.get("", response_model=list[DeadLetterGroup])

@@ -25,18 +25,12 @@ def _dlq() -> DeadLetters:
 
 
 def _select(dlq: DeadLetters, ids: list[str], all_open: bool, classifier: str | None) -> list[DeadLetterEntry]:
-    if not ids and not all_open:
-        typer.secho("error: name dead-letter ids or pass --all", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    entries = dlq.entries(classifier=classifier, include_closed=bool(ids))
-    if all_open:
-        return entries
-    by_id = {e.id: e for e in entries}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        typer.secho(f"error: no dead letter {', '.join(missing)}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
-    return [by_id[i] for i in ids]
+    try:
+        return dlq.select(ids, all_open, classifier)
+    except (LookupError, ValueError) as exc:
+        typer.secho(f"error: {exc}" + (" (--all)" if isinstance(exc, ValueError) else ""), fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(1 if isinstance(exc, LookupError) else 2) from exc
 
 
 @app.command("list")

@@ -124,6 +124,22 @@ class DeadLetters:
             ))
         return groups
 
+    def select(self, ids: list[str], all_open: bool, classifier: str | None = None) -> list[DeadLetterEntry]:
+        """The entries an operator named: ``ids`` (open or closed), or every open one with ``all_open``.
+
+        Raises ValueError when neither is given, LookupError naming the ids that do not exist.
+        """
+        if not ids and not all_open:
+            raise ValueError("name dead-letter ids or select all")
+        entries = self.entries(classifier=classifier, include_closed=bool(ids))
+        if all_open:
+            return entries
+        by_id = {e.id: e for e in entries}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise LookupError(f"no dead letter {', '.join(missing)}")
+        return [by_id[i] for i in ids]
+
     def get(self, entry_id: str, timeout_s: float = 30.0) -> DeadLetterEntry | None:
         return next((e for e in self.entries(include_closed=True, timeout_s=timeout_s) if e.id == entry_id), None)
 
