@@ -99,7 +99,9 @@ class ServingEngine:
         self.runtime = runtime
         self.slots: dict[str, ModelSlot] = {}
         self._lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
+        self._refresh_locks: dict[str, threading.Lock] = {}
+        # ONNX export and warm-up are CPU-bound, and torch's export is not thread-safe: one load at a time
+        self._load_lock = threading.Lock()
         self._loading: dict[str, asyncio.Future[None]] = {}
 
     def slot(self, classifier: str) -> ModelSlot:
@@ -128,14 +130,17 @@ class ServingEngine:
 
     def refresh(self, classifier: str) -> str | None:
         """Load the registry's champion if it differs from what serves (blocking). Returns the version."""
-        with self._refresh_lock:  # the event watcher and the poller never load the same model twice
+        with self._lock:
+            lock = self._refresh_locks.setdefault(classifier, threading.Lock())
+        with lock:  # the watcher, the poller and the preload never load one model twice; others load beside it
             found = self.resolve_champion(classifier)
             if found is None:
                 return None
             version, model_dir = found
             if self.loaded_version(classifier) != version:
                 try:
-                    model = self.load_model(classifier, version, model_dir)
+                    with self._load_lock:
+                        model = self.load_model(classifier, version, model_dir)
                 except Exception:
                     metrics.LOAD_FAILURES.labels(classifier).inc()  # alerting: the champion is not served here
                     raise

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     config_cache_seconds: float = 2.0
     # hot swap: model-events for promptness, polling the registry alias as the safety net
     model_watch: bool = True
+    # champions loaded at once while a replica starts (downloads overlap; /readyz waits for all of them)
+    preload_concurrency: int = Field(default=4, ge=1, le=32)
     model_poll_seconds: float = Field(default=30.0, gt=0)
 
     # `sift worker ...` serves /healthz, /readyz and /metrics on this port; 0: none (the local stack runs

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Literal, cast
 
@@ -73,8 +74,11 @@ def _engine(services: Services) -> ServingEngine:
     return cast(ServingEngine, services.engine)
 
 
-def _preload(services: Services, done: threading.Event, failed: dict[str, str]) -> None:
-    """Load every classifier's champion before declaring the replica ready; note what failed."""
+def _preload(services: Services, done: threading.Event, failed: dict[str, str], concurrency: int) -> None:
+    """Load every classifier's champion before declaring the replica ready; note what failed.
+
+    Several at once: with many tenants the downloads dominate and overlap (the engine loads one at a time).
+    """
     engine = _engine(services)
     try:
         configs = services.tenants.list()
@@ -82,14 +86,18 @@ def _preload(services: Services, done: threading.Event, failed: dict[str, str]) 
         log.exception("could not list the classifiers")
         failed["*"] = f"could not list the classifiers: {type(exc).__name__}: {exc}"
         configs = []
+
+    def load(name: str) -> None:
+        engine.slot(name)  # the model watcher's poll retries a slot whose load failed
+        try:
+            engine.refresh(name)
+        except Exception as exc:
+            log.exception("could not load the champion of %s", name)
+            failed[name] = f"{type(exc).__name__}: {exc}"
+
     try:
-        for cfg in configs:
-            engine.slot(cfg.name)  # the model watcher's poll retries a slot whose load failed
-            try:
-                engine.refresh(cfg.name)
-            except Exception as exc:
-                log.exception("could not load the champion of %s", cfg.name)
-                failed[cfg.name] = f"{type(exc).__name__}: {exc}"
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="preload") as pool:
+            list(pool.map(load, [cfg.name for cfg in configs]))
     finally:
         done.set()
 
@@ -124,7 +132,8 @@ def create_app(settings: Settings | None = None, *, engine: ServingEngine | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, engine=engine, publisher=publisher)
         app.state.services = services
-        threading.Thread(target=_preload, args=(services, ready, failed), daemon=True, name="preload").start()
+        threading.Thread(target=_preload, args=(services, ready, failed, settings.preload_concurrency),
+                         daemon=True, name="preload").start()
         watcher = None
         if settings.model_watch:
             from classifier.model_watch import ModelWatcher

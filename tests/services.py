@@ -231,3 +231,15 @@ def sift_settings(
     ls = request.getfixturevalue("label_studio") if "label_studio" in request.fixturenames else None
     with exported(service_settings(s3_server, kafka_broker, tmp_path / "sift-data", mlflow=mlflow, ls=ls)) as s:
         yield s
+
+
+@pytest.fixture
+def own_bucket_settings(sift_settings: Settings) -> Iterator[Settings]:
+    """`sift_settings` with a bucket of its own: an API started here preloads (and /readyz waits for)
+    only this test's classifiers, not every champion the session's earlier tests left in the shared bucket."""
+    from infra.objectstore import ObjectStore
+
+    own = sift_settings.model_copy(update={"bucket": f"{sift_settings.bucket}-{uuid.uuid4().hex[:10]}"})
+    ObjectStore(own).ensure_bucket()
+    with exported(own) as s:
+        yield s

@@ -240,7 +240,8 @@ def test_concurrent_http_requests_with_a_bad_one(sift_settings, mlflow_server, t
     assert responses[1].json()["detail"].startswith("texts[1] is not valid Unicode")
 
 
-def test_readyz_is_503_naming_a_champion_that_failed_to_load(sift_settings, mlflow_server, tmp_path) -> None:
+def test_readyz_is_503_naming_a_champion_that_failed_to_load(own_bucket_settings, mlflow_server, tmp_path) -> None:
+    sift_settings = own_bucket_settings
     tenants = TenantStore(ObjectStore(sift_settings))
     tenants.store.ensure_bucket()
     name = f"broken-{uuid.uuid4().hex[:8]}"
@@ -249,7 +250,7 @@ def test_readyz_is_503_naming_a_champion_that_failed_to_load(sift_settings, mlfl
     junk.mkdir()
     (junk / "sift_model.json").write_text("not a model")
     register_champion(sift_settings, name, junk)
-    try:  # other tests share this bucket: a broken champion left behind would keep their /readyz at 503
+    try:  # the bucket is this test's, but the registry is the session's: leave no broken champion behind
         with TestClient(create_app(sift_settings)) as client:
             admin = {"x-admin-key": sift_settings.admin_key}
             ready = client.get("/readyz")

@@ -17,8 +17,9 @@ from tests.model_fixtures import register_champion
 
 
 @pytest.fixture
-def served(sift_settings, mlflow_server, tiny_model_dir):
+def served(own_bucket_settings, mlflow_server, tiny_model_dir):
     """A classifier whose champion is the tiny fine-tuned model, and a client of a fresh API process."""
+    sift_settings = own_bucket_settings
     labels = json.loads((Path(tiny_model_dir) / "sift_model.json").read_text())["labels"]
     tenants = TenantStore(ObjectStore(sift_settings))
     tenants.store.ensure_bucket()

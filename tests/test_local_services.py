@@ -93,7 +93,7 @@ def test_kafka_survives_broker_crash_and_restart(kafka_broker: KafkaService) -> 
     assert _consume(kafka_broker.bootstrap, topic, group, expect=2) == [b"before-1", b"before-2"]
 
     kafka_broker.kill()
-    assert not port_open(int(kafka_broker.bootstrap.rsplit(":", 1)[1]))
+    assert wait_until(lambda: not port_open(int(kafka_broker.bootstrap.rsplit(":", 1)[1])), timeout=10)
     kafka_broker.restart()
 
     _produce(kafka_broker.bootstrap, topic, [b"after-1"])
@@ -219,7 +219,7 @@ def test_local_stack_up_status_down(tmp_path: Path) -> None:
         LocalStack(settings).stop()
         after = LocalStack(settings).status()
         assert not any(after[n].get("running") for n in after), after
-        assert not port_open(api_port)
+        assert wait_until(lambda: not port_open(api_port), timeout=10)
     finally:
         stack.stop()
 
@@ -277,7 +277,8 @@ def test_down_stops_every_process_of_two_detached_ups(tmp_path: Path) -> None:
     assert not pid_alive(first_pid), "the first run's API was orphaned by the second `sift up`"
 
     LocalStack(settings).stop()
-    assert not port_open(first) and not port_open(second)
+    # the kernel may release a dead process's listening socket a moment after the process is reaped
+    assert wait_until(lambda: not port_open(first) and not port_open(second), timeout=10)
     assert not any(row.get("running") for row in LocalStack(settings).status().values())
 
 
@@ -304,7 +305,7 @@ def test_down_stops_a_supervising_up_in_another_process(tmp_path: Path) -> None:
 
         LocalStack(settings).stop()
         assert supervisor.wait(timeout=60) == 0
-        assert not pid_alive(api_pid) and not port_open(port)
+        assert not pid_alive(api_pid) and wait_until(lambda: not port_open(port), timeout=10)
         # the supervisor is gone, so nothing can restart the API any more: the state is final
         assert not any(row.get("running") for row in LocalStack(settings).status().values())
     finally:
