@@ -76,6 +76,9 @@ class ModelSlot:
 ChampionResolver = Callable[[str], tuple[str, str] | None]
 """classifier -> (version, local model dir) of its champion, or None when it has none."""
 
+LoadFailureHook = Callable[[str, str, BaseException], None]
+"""(classifier, version, error) of a champion that could not be loaded: the composition root alerts."""
+
 
 class ServingEngine:
     def __init__(
@@ -103,6 +106,7 @@ class ServingEngine:
         # ONNX export and warm-up are CPU-bound, and torch's export is not thread-safe: one load at a time
         self._load_lock = threading.Lock()
         self._loading: dict[str, asyncio.Future[None]] = {}
+        self.on_load_failure: LoadFailureHook | None = None
 
     def slot(self, classifier: str) -> ModelSlot:
         with self._lock:
@@ -141,8 +145,10 @@ class ServingEngine:
                 try:
                     with self._load_lock:
                         model = self.load_model(classifier, version, model_dir)
-                except Exception:
+                except Exception as exc:
                     metrics.LOAD_FAILURES.labels(classifier).inc()  # alerting: the champion is not served here
+                    if self.on_load_failure is not None:
+                        self.on_load_failure(classifier, version, exc)
                     raise
                 self.swap_in(classifier, model)
             return version

@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from typing import Any
 from kafka import errors as kafka_errors
 from pydantic import BaseModel
 
+from infra.alerts import Alert, Episode, send_alert_later
 from infra.bus import Bus
 from infra.events import TOPIC_DEAD_LETTER, DeadLetter, Event, new_id
 from infra.metrics import count_dead_letter, watch_spool
@@ -131,6 +133,7 @@ class EventPublisher:
         self._max_record_bytes = settings.kafka_max_record_bytes
         self._counter_lock = threading.Lock()
         self._spool_rows = len(self.spool)
+        self._spool_alarm = Episode()
         self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
         self._thread.start()
 
@@ -387,6 +390,21 @@ class EventPublisher:
         log.warning("event %s not delivered (%s); spooled", record.event_id, exc)
         self._to_spool([record])
 
+    def _check_spool_age(self) -> None:
+        """Alert the operator once when the oldest spooled event waits too long (again after it drained)."""
+        try:
+            age = self.spool.oldest_age_s() or 0.0
+        except Exception:  # noqa: BLE001 - a closed or broken spool is reported by its metrics
+            return
+        if self._spool_alarm.update(age > self.settings.spool_alert_age_seconds):
+            send_alert_later(Alert(
+                kind="spool_age", source="sift-publisher",
+                message=f"{len(self.spool)} event(s) wait in the spool at {self.spool.path}, the oldest for "
+                        f"{age:.0f} s: the broker is unreachable or refuses them",
+                details={"spool": str(self.spool.path), "host": socket.gethostname(), "oldest_age_s": round(age),
+                         "events": len(self.spool), "broker": self.settings.kafka_bootstrap}),
+                operator_url=self.settings.alert_webhook_url)
+
     def _drain_once(self, batch: int = 500) -> bool:
         """Send the oldest spool rows and wait for their acks; True when all of them made it.
 
@@ -429,9 +447,6 @@ class EventPublisher:
         self._count(sent=delivered, redelivered=delivered)
         self._spool_rows = len(self.spool)
         return len(done) == len(rows)
-        self._count(sent=len(done), redelivered=len(done))
-        self._spool_rows = len(self.spool)
-        return len(done) == len(rows)
 
     def _take(self, limit: int = 500) -> list[SpooledRecord]:
         try:
@@ -447,10 +462,13 @@ class EventPublisher:
 
     def _run(self) -> None:
         backoff = 0.25
-        next_try = next_refresh = 0.0
+        next_try = next_refresh = next_age_check = 0.0
         drainer = False
         while not (self._closing.is_set() and self._queue.empty()):
             now = time.monotonic()
+            if now >= next_age_check:
+                next_age_check = now + 5.0
+                self._check_spool_age()
             if self._producer is None and now >= next_try:
                 self._up = self._connect()
                 if not self._up:

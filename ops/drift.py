@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field
 
-from infra.alerts import post_alert
+from infra.alerts import Alert, send_alert
 from infra.objectstore import ObjectStore
 from infra.predictions import PredictionRecord
 from infra.registry import Registry
@@ -143,17 +142,13 @@ class Drift:
         message = ", ".join(f"{k} PSI {v:.3f}" for k, v in over.items())
         log.error("drift alert for %s v%s: %s > %.3f over %d predictions", cfg.name, report.champion_version,
                   message, cfg.drift.alert_psi, report.predictions)
-        url = cfg.retrain.alert_webhook_url
-        if not url:
-            return True
-        return post_alert(url, {
-            "classifier": cfg.name, "stage": "drift", "message": f"{message} above {cfg.drift.alert_psi}",
-            "details": {"champion_version": report.champion_version, "predictions": report.predictions,
-                        "label_psi": report.label_psi, "confidence_psi": report.confidence_psi,
-                        "window_start": report.window_start.isoformat(),
-                        "window_end": report.window_end.isoformat()},
-            "source": "sift-drift", "at": time.time(),
-        })
+        return send_alert(Alert(
+            kind="drift", classifier=cfg.name, source="sift-drift", message=f"{message} above {cfg.drift.alert_psi}",
+            details={"champion_version": report.champion_version, "predictions": report.predictions,
+                     "label_psi": report.label_psi, "confidence_psi": report.confidence_psi,
+                     "window_start": report.window_start.isoformat(),
+                     "window_end": report.window_end.isoformat()},
+        ), classifier_url=cfg.retrain.alert_webhook_url, operator_url=self.settings.alert_webhook_url)
 
     def check_all(self, now: datetime | None = None) -> list[DriftReport]:
         out = []

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from infra.objectstore import ObjectStore
 from infra.registry import CHAMPION, PREVIOUS, Registry
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
+from ops.watchdog import RunningJobs, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -180,24 +182,34 @@ class Retention:
 
 
 def run_gc_worker(settings: Settings, stop: threading.Event, *, task_pruner: TaskPruner | None = None,
-                  interval_s: float | None = None) -> None:
-    """The scheduled pass (``sift worker gc``): retention, then a drift check of every classifier."""
+                  running_jobs: RunningJobs | None = None, interval_s: float | None = None) -> None:
+    """The scheduled passes of ``sift worker gc``: retention and drift every ``gc_interval_seconds``, the
+    watchdog (dead-letter growth, stuck retrain jobs) every ``watch_interval_seconds``."""
     from ops.drift import Drift
 
     store = ObjectStore(settings)
     store.ensure_bucket()
     retention = Retention(settings, store, task_pruner=task_pruner)
     drift = Drift(settings, store, retention.registry)
+    watchdog = Watchdog(settings, store, running_jobs=running_jobs)
     interval = interval_s if interval_s is not None else settings.gc_interval_seconds
+    next_gc = 0.0
     while not stop.is_set():
+        if time.monotonic() >= next_gc:
+            next_gc = time.monotonic() + interval
+            try:
+                report = retention.run()
+                log.info("retention pass: %d prediction segments, %s", report.prediction_segments_deleted,
+                         {c.classifier: (len(c.uploads_deleted), len(c.tasks_deleted), c.versions_deleted)
+                          for c in report.classifiers})
+                for d in drift.check_all():
+                    log.info("drift %s: %s (label PSI %s, confidence PSI %s, %d predictions)", d.classifier,
+                             d.status, d.label_psi, d.confidence_psi, d.predictions)
+            except Exception:
+                log.exception("gc pass failed; retrying in %.0fs", interval)
         try:
-            report = retention.run()
-            log.info("retention pass: %d prediction segments, %s", report.prediction_segments_deleted,
-                     {c.classifier: (len(c.uploads_deleted), len(c.tasks_deleted), c.versions_deleted)
-                      for c in report.classifiers})
-            for d in drift.check_all():
-                log.info("drift %s: %s (label PSI %s, confidence PSI %s, %d predictions)", d.classifier,
-                         d.status, d.label_psi, d.confidence_psi, d.predictions)
+            for alert in watchdog.check_all():
+                log.info("watchdog raised %s for %s", alert.kind, alert.classifier)
         except Exception:
-            log.exception("gc pass failed; retrying in %.0fs", interval)
-        stop.wait(interval)
+            log.exception("watchdog pass failed")
+        stop.wait(min(settings.watch_interval_seconds, max(0.0, next_gc - time.monotonic())))

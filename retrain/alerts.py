@@ -1,19 +1,15 @@
-"""Alerts for failed retrain jobs: a log line, a Prometheus counter and an optional webhook.
+"""Retrain metrics, and the alert for a failed job (counted here, sent by ``infra.alerts``).
 
-The webhook is best effort (short timeout, one retry): an alert must never fail the job's
-bookkeeping or hold the worker. The metrics live in the process that ran the job (the worker or
-the API process).
+The metrics live in the process that ran the job (the worker or the API process).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-log = logging.getLogger("sift.retrain.alerts")
+from infra.alerts import Alert, send_alert
 
 JOBS = Counter("sift_retrain_jobs_total", "Retrain jobs by outcome", ["classifier", "outcome"])
 FAILURES = Counter("sift_retrain_failures_total", "Retrain jobs that failed or were stopped by data checks",
@@ -28,24 +24,9 @@ RUNNING_SINCE = Gauge("sift_retrain_running_since_seconds",
 
 
 def alert(classifier: str, stage: str, message: str, *, webhook_url: str | None = None,
-          details: dict[str, Any] | None = None) -> bool:
-    """Raise an alert; returns whether the webhook (when configured) accepted it."""
+          operator_url: str | None = None, details: dict[str, Any] | None = None) -> bool:
+    """Count and raise a failed-retrain alert; returns whether every configured webhook accepted it."""
     FAILURES.labels(classifier, stage).inc()
-    log.error("retrain alert for %s at %s: %s", classifier, stage, message)
-    if not webhook_url:
-        return True
-    import httpx
-
-    body = {"text": f"Sift retrain of {classifier} failed at {stage}: {message}"[:3000],  # Slack-style receivers
-            "classifier": classifier, "stage": stage, "message": message, "details": details or {},
-            "source": "sift-retrain", "at": time.time()}
-    for attempt in range(2):
-        try:
-            r = httpx.post(webhook_url, json=body, timeout=5.0)
-            if r.status_code < 300:
-                return True
-            log.warning("alert webhook answered %s", r.status_code)
-        except httpx.HTTPError as exc:
-            log.warning("alert webhook failed (attempt %d): %s", attempt + 1, exc)
-        time.sleep(0.5)
-    return False
+    return send_alert(Alert(kind="retrain_failed", classifier=classifier, source="sift-retrain",
+                            message=f"failed at {stage}: {message}", details={"stage": stage, **(details or {})}),
+                      classifier_url=webhook_url, operator_url=operator_url)

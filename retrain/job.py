@@ -188,7 +188,7 @@ class RetrainJob:
         DURATION.labels(r.classifier).observe((r.finished_at - r.started_at).total_seconds())
         if alert_stage:
             alert(r.classifier, alert_stage, reason, webhook_url=cfg.retrain.alert_webhook_url if cfg else None,
-                  details={"job_id": r.job_id, "status": status})
+                  operator_url=self.settings.alert_webhook_url, details={"job_id": r.job_id, "status": status})
         log.info("retrain job %s of %s: %s (%s)", r.job_id, r.classifier, status, reason)
         return r
 
@@ -303,7 +303,8 @@ class RetrainJob:
                 if champ_now is not None and champ_now.version == best.version:
                     alert(cfg.name, "publish", f"v{best.version} is champion but its model-event was not published: "
                           f"{exc}; replicas pick it up when they poll the registry",
-                          webhook_url=cfg.retrain.alert_webhook_url, details={"job_id": r.job_id})
+                          webhook_url=cfg.retrain.alert_webhook_url, operator_url=self.settings.alert_webhook_url,
+                          details={"job_id": r.job_id})
                 else:
                     raise
         return self._finish("promoted", f"v{best.version} ({best.name}) promoted: {verdict.reason}", cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from classifier.api import router as classify_router
-from classifier.engine import ServingEngine
+from classifier.engine import LoadFailureHook, ServingEngine
 from feedback.api import router as feedback_router
+from infra.alerts import Alert, send_alert_later
 from infra.guards import BodyLimit, Guards
 from infra.http import ErrorBody, Services, errors, require_admin
 from infra.predictions import PredictionStore
@@ -64,10 +66,35 @@ def build_services(settings: Settings, *, engine: ServingEngine | None = None,
         quantize=settings.quantize,
         runtime=settings.serving_runtime,
     )
+    _engine(services).on_load_failure = load_failure_alert(services, settings)
     services.predictions = PredictionStore(services.store)
     services.publisher = publisher or EventPublisher(settings)
     services.review_collector = build_collector(services, services.publisher)
     return services
+
+
+def load_failure_alert(services: Services, settings: Settings) -> LoadFailureHook:
+    """Alert once per champion version this replica cannot load (the poll retries it every interval)."""
+    told: set[tuple[str, str]] = set()
+    lock = threading.Lock()
+
+    def hook(classifier: str, version: str, exc: BaseException) -> None:
+        with lock:
+            if (classifier, version) in told:
+                return
+            told.add((classifier, version))
+        try:
+            cfg = services.tenants.get(classifier)
+        except Exception:  # the store may be what failed; the operator's webhook still hears of it
+            cfg = None
+        send_alert_later(Alert(kind="model_load_failed", classifier=classifier, source="sift-api",
+                               message=f"champion v{version} could not be loaded on this replica, which keeps "
+                                       f"serving what it had: {type(exc).__name__}: {exc}"[:1000],
+                               details={"version": version, "host": socket.gethostname()}),
+                         classifier_url=cfg.retrain.alert_webhook_url if cfg else None,
+                         operator_url=settings.alert_webhook_url)
+
+    return hook
 
 
 def _engine(services: Services) -> ServingEngine:

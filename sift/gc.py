@@ -1,4 +1,5 @@
-"""Retention wiring: ops runs the pass, the review stage deletes its own Label Studio tasks.
+"""Retention and watchdog wiring: ops runs the passes; the review stage deletes its own Label Studio tasks
+and the retrain stage says which of its jobs are running.
 
 Ops never imports a stage, so the task pruner is built here, in the composition root.
 """
@@ -12,6 +13,7 @@ from infra.objectstore import ObjectStore
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig
 from ops.retention import Retention, TaskPruner, run_gc_worker
+from ops.watchdog import RunningJob, RunningJobs
 
 
 def task_pruner(settings: Settings, store: ObjectStore) -> TaskPruner:
@@ -23,6 +25,17 @@ def task_pruner(settings: Settings, store: ObjectStore) -> TaskPruner:
     return prune
 
 
+def running_jobs(store: ObjectStore) -> RunningJobs:
+    """The retrain stage's running job records, for the watchdog's stuck-job alert."""
+    from retrain.job import list_jobs
+
+    def running(classifier: str) -> list[RunningJob]:
+        return [RunningJob(job_id=j.job_id, started_at=j.started_at)
+                for j in list_jobs(store, classifier, limit=5) if j.status == "running"]
+
+    return running
+
+
 def retention(settings: Settings) -> Retention:
     store = ObjectStore(settings)
     store.ensure_bucket()
@@ -32,4 +45,4 @@ def retention(settings: Settings) -> Retention:
 def run_worker(settings: Settings, stop: threading.Event) -> None:
     """``sift worker gc``: the scheduled retention and drift pass."""
     store = ObjectStore(settings)
-    run_gc_worker(settings, stop, task_pruner=task_pruner(settings, store))
+    run_gc_worker(settings, stop, task_pruner=task_pruner(settings, store), running_jobs=running_jobs(store))

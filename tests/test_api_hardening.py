@@ -20,8 +20,9 @@ from classifier.batcher import MicroBatcher
 from classifier.engine import ServingEngine
 from infra.objectstore import ObjectStore
 from infra.settings import SECRETS, Settings
-from infra.tenants import ClassifierConfig, TenantCache, TenantStore
+from infra.tenants import ClassifierConfig, RetrainPolicy, TenantCache, TenantStore
 from sift.app import create_app
+from tests.alert_hook import AlertHook
 from tests.model_fixtures import register_champion
 
 pytestmark = pytest.mark.timeout(300)
@@ -245,7 +246,8 @@ def test_readyz_is_503_naming_a_champion_that_failed_to_load(own_bucket_settings
     tenants = TenantStore(ObjectStore(sift_settings))
     tenants.store.ensure_bucket()
     name = f"broken-{uuid.uuid4().hex[:8]}"
-    tenants.create(ClassifierConfig(name=name, labels=LABELS))
+    team = AlertHook()
+    tenants.create(ClassifierConfig(name=name, labels=LABELS, retrain=RetrainPolicy(alert_webhook_url=team.url)))
     junk = tmp_path / "junk-model"
     junk.mkdir()
     (junk / "sift_model.json").write_text("not a model")
@@ -266,7 +268,11 @@ def test_readyz_is_503_naming_a_champion_that_failed_to_load(own_bucket_settings
             failures = [line for line in scraped.splitlines()
                         if line.startswith(f'sift_model_load_failures_total{{classifier="{name}"}}')]
             assert failures and float(failures[0].split()[-1]) >= 1, failures
+            # the classifier's team hears of it (once per version: the hook remembers what it told)
+            [alert] = team.wait_for("model_load_failed", name)
+            assert alert["source"] == "sift-api" and alert["details"]["version"] in alert["text"]
     finally:
+        team.close()
         tenants.delete(name)
 
 

@@ -3,18 +3,14 @@ reference in MLflow; stored prediction segments in S3 are the live side; the ale
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from infra.http import Services
-from infra.local.procs import free_port
 from infra.objectstore import ObjectStore
 from infra.predictions import PredictionRecord, PredictionStore
 from infra.registry import Registry
@@ -23,32 +19,8 @@ from infra.tenants import ClassifierConfig, DriftPolicy, RetrainPolicy, TenantSt
 from model.runtime import LoadedModel
 from ops.api import drift_router
 from ops.drift import Drift, psi
+from tests.alert_hook import AlertHook
 from tests.model_fixtures import TINY_LABELS, TINY_TRAIN, topic_rows
-
-
-class _Hook:
-    """A loopback webhook receiver that keeps what it was sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                hook.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alert"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_psi_is_zero_for_equal_distributions_and_grows_with_the_shift() -> None:
@@ -63,7 +35,7 @@ def test_drift_of_the_champion_against_its_evaluation_reference(sift_settings: S
     settings = sift_settings.model_copy(update={"bucket": f"drift-{uuid.uuid4().hex[:10]}"})
     store = ObjectStore(settings)
     store.ensure_bucket()
-    hook = _Hook()
+    hook = AlertHook()
     name = f"drift-{uuid.uuid4().hex[:6]}"
     cfg = ClassifierConfig(name=name, labels=TINY_LABELS, retrain=RetrainPolicy(alert_webhook_url=hook.url),
                            drift=DriftPolicy(window_hours=5, min_predictions=30, alert_psi=0.2))
@@ -111,7 +83,8 @@ def test_drift_of_the_champion_against_its_evaluation_reference(sift_settings: S
         assert shifted.label_psi > 0.2 and shifted.alerted
         assert REGISTRY.get_sample_value("sift_drift_psi", {"classifier": name, "kind": "label"}) == shifted.label_psi
         [body] = hook.bodies
-        assert body["classifier"] == name and body["stage"] == "drift" and body["source"] == "sift-drift"
+        assert body["classifier"] == name and body["kind"] == "drift" and body["source"] == "sift-drift"
+        assert body["text"].startswith(f"Sift drift {name}: ")  # Slack-style receivers show this line
         assert body["details"]["champion_version"] == reg.version and "label PSI" in body["message"]
 
         # too few predictions: no score rather than a noisy one

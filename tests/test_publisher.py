@@ -17,6 +17,7 @@ from infra.local.procs import LOOPBACK, free_port
 from infra.publisher import EventPublisher
 from infra.settings import Settings
 from infra.spool import Spool, SpooledRecord
+from tests.alert_hook import AlertHook
 from tests.bus_helpers import isolated, read_topic, wait_until
 from tests.services import KafkaService
 
@@ -43,7 +44,9 @@ def test_publish_round_trip(sift_settings: Settings) -> None:
 
 def test_broker_down_at_start_spools_without_blocking_then_delivers(sift_settings: Settings) -> None:
     settings = isolated(sift_settings)
-    down = settings.model_copy(update={"kafka_bootstrap": f"{LOOPBACK}:{free_port()}"})
+    operator = AlertHook()
+    down = settings.model_copy(update={"kafka_bootstrap": f"{LOOPBACK}:{free_port()}",
+                                       "alert_webhook_url": operator.url, "spool_alert_age_seconds": 1.0})
     pub = EventPublisher(down)
     events = [_ev(i) for i in range(100)]
     for ev in events:  # every call returns although no broker will ever answer
@@ -51,6 +54,13 @@ def test_broker_down_at_start_spools_without_blocking_then_delivers(sift_setting
     assert pub.stats().sent == 0
     assert wait_until(lambda: pub.stats().spool_rows == 100, 20), pub.stats()
     assert not pub.flush(0.5)  # not delivered: flush says so instead of pretending
+    # the spool is not draining: the operator hears of it once it is older than the limit
+    try:
+        [alert] = operator.wait_for("spool_age")
+    finally:
+        operator.close()
+    assert alert["details"]["events"] == 100 and alert["details"]["oldest_age_s"] >= 1
+    assert alert["details"]["broker"] == down.kafka_bootstrap and "unreachable" in alert["text"]
     pub.close()
 
     # same spool dir, broker reachable: the spooled events go out

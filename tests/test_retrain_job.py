@@ -211,5 +211,7 @@ def test_failing_data_check_stops_the_job_and_alerts(sift_settings, mlflow_serve
     assert len(registry.versions(cfg.name)) == versions_before
     assert registry.champion(cfg.name).version == champion and published == []
     assert _failures(cfg.name, "validate") == 1
-    assert [a["stage"] for a in _Hook.received if a["classifier"] == cfg.name] == ["validate"]
+    alerts = [a for a in _Hook.received if a["classifier"] == cfg.name]
+    assert [(a["kind"], a["details"]["stage"]) for a in alerts] == [("retrain_failed", "validate")]
+    assert alerts[0]["text"].startswith(f"Sift retrain failed {cfg.name}: failed at validate")
     assert "the champion keeps serving" in record.reason
