@@ -72,7 +72,9 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
     processes = {name: _process_state(row) for name, row in LocalStack(settings).status().items()}
     lag = {group: _try(errors, f"lag of {group}", lambda g=group, t=topics: consumer_lag(settings, g, t)) or {}
            for group, topics in GROUPS.items()}
-    spool = _try(errors, "spool", lambda: Spool(settings.spool_dir))
+    # no spool folder: nothing was ever spooled on this host (opening one would create it)
+    spool = _try(errors, "spool", lambda: Spool(settings.spool_dir)) if settings.spool_dir.exists() else None
+    spool_events = (len(spool) if spool is not None else None) if settings.spool_dir.exists() else 0
     store = ObjectStore(settings)
     registry = Registry(settings)
     drift = Drift(settings, store, registry)
@@ -95,7 +97,7 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
         rows.append(row)
     return PipelineStatus(
         processes=processes, lag=lag, classifiers=rows, errors=errors,
-        spool_events=len(spool) if spool else None, spool_oldest_age_s=spool.oldest_age_s() if spool else None,
+        spool_events=spool_events, spool_oldest_age_s=spool.oldest_age_s() if spool is not None else None,
     )
 
 

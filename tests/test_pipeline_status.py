@@ -48,3 +48,10 @@ def test_status_shows_lag_spool_and_each_classifier(sift_settings, mlflow_server
 
     page = CliRunner().invoke(app, ["status"])
     assert page.exit_code == 0 and name in page.output and "SPOOL  2 events" in page.output
+
+    # an empty spool is 0 events (not unknown)
+    drained = Spool(settings.spool_dir)
+    drained.remove([r.seq for r in drained.peek(10)])
+    drained.close()
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert json.loads(result.stdout)["spool_events"] == 0
