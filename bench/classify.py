@@ -98,22 +98,25 @@ def calibrate(base_url: str, name: str, key: str, admin_key: str, texts: list[st
 
 
 def count_topic(settings: Settings, short: str) -> int:
-    """Records on a single-partition topic, read to the high watermark the fetches report."""
-    from kafka import KafkaConsumer, TopicPartition
+    """Records on a topic (all partitions), read to the high watermarks the fetches report."""
+    from kafka import KafkaConsumer
 
     from infra.bus import Bus
 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
                              auto_offset_reset="earliest", max_poll_records=5000)
-    tp = TopicPartition(Bus(settings).topic(short), 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
+    tps = Bus(settings).partitions(consumer, short)
+    if not tps:
+        consumer.close()
+        return 0
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
     n = 0
     try:
         for _ in range(600):  # at most ~2 min
             n += sum(len(r) for r in consumer.poll(timeout_ms=200).values())
-            high = consumer.highwater(tp)
-            if high is not None and consumer.position(tp) >= high:
+            if all(consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp)
+                   for tp in tps):
                 break
     finally:
         consumer.close()

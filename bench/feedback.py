@@ -91,9 +91,10 @@ def count_until(settings: Settings, short: str, expect: int, timeout_s: float) -
 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                              group_id=None, auto_offset_reset="earliest", max_poll_records=5000)
-    tp = TopicPartition(settings.topic_prefix + short, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
+    tps = [TopicPartition(settings.topic_prefix + short, p)
+           for p in sorted(consumer.partitions_for_topic(settings.topic_prefix + short) or {0})]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
     n, last, deadline = 0, time.monotonic(), time.monotonic() + timeout_s
     try:
         while n < expect and time.monotonic() < deadline:

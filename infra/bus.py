@@ -8,6 +8,7 @@ reports end offsets wrongly), and group timings that are quick on Tansu and vali
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -56,12 +57,21 @@ class Bus:
         prefix = self.settings.topic_prefix
         return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
 
-    def ensure_topics(self, partitions: int = 1, shorts: Iterable[str] = ALL_TOPICS,
-                      timeout_s: float = 10.0) -> None:
+    def ensure_topics(self, partitions: int | None = None, shorts: Iterable[str] = ALL_TOPICS,
+                      timeout_s: float = 10.0) -> dict[str, int]:
         """Create the topics, tolerating ones that exist (several processes provision at start).
 
-        Uses only CreateTopics: ``describe_groups``/``create_partitions`` fail on Tansu.
+        Partitions and replication come from settings unless ``partitions`` is given. Uses only
+        CreateTopics and Metadata: ``create_partitions`` fails on Tansu, so an existing topic with fewer
+        partitions than wanted is not expanded; it is logged and returned (short name → partitions it has).
         """
+        partitions = partitions or self.settings.kafka_partitions
+        replication = self.settings.kafka_replication
+        spec: dict[str, Any] = {"num_partitions": partitions, "replication_factor": replication}
+        if replication > 1:
+            min_isr = self.settings.kafka_min_insync_replicas or max(1, replication - 1)
+            spec["configs"] = {"min.insync.replicas": str(min(min_isr, replication))}
+        shorts = list(shorts)
         admin = KafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=f"{self.client_id}-admin",
@@ -69,13 +79,34 @@ class Bus:
             bootstrap_timeout_ms=int(timeout_s * 1000),
         )
         try:
-            wanted = {self.topic(s): {"num_partitions": partitions, "replication_factor": 1} for s in shorts}
+            wanted = {self.topic(s): dict(spec) for s in shorts}
             result = admin.create_topics(wanted, raise_errors=False)
             for t in result.get("topics", []):
                 if t["error_code"] not in (0, TOPIC_ALREADY_EXISTS):
                     raise RuntimeError(f"cannot create topic {t['name']}: {t.get('error_message')}")
+            have = _partition_counts(admin, [self.topic(s) for s in shorts])
         finally:
             admin.close()
+        short_of = {self.short(t): n for t, n in have.items() if n < partitions}
+        for short, n in short_of.items():
+            log.warning("topic %s has %d partition(s), SIFT_KAFKA_PARTITIONS=%d: at most %d worker(s) of its "
+                        "consumer group get work; recreate the topic (or add partitions with the broker's "
+                        "tools) to scale further", self.topic(short), n, partitions, n)
+        return short_of
+
+    def topic_partitions(self, shorts: Iterable[str] = ALL_TOPICS, timeout_s: float = 10.0) -> dict[str, int]:
+        """Partitions each existing topic has (short name → count), read from the broker's metadata."""
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, client_id=f"{self.client_id}-admin",
+                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+        try:
+            return {self.short(t): n for t, n in _partition_counts(admin, [self.topic(s) for s in shorts]).items()}
+        finally:
+            admin.close()
+
+    def partitions(self, consumer: KafkaConsumer, short: str) -> list[TopicPartition]:
+        """Every partition of a topic, for readers that assign instead of joining a group."""
+        topic = self.topic(short)
+        return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
     def producer(self, **overrides: Any) -> KafkaProducer:
         """acks=all with bounded retries; failures surface within ``delivery_timeout_ms``.
@@ -124,6 +155,12 @@ class Bus:
                      dead_letter_producer: KafkaProducer, **kwargs: Any) -> None:
         run_consumer(consumer, handler, stop=stop, dead_letter_producer=dead_letter_producer,
                      topic_prefix=self.settings.topic_prefix, **kwargs)
+
+
+def _partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """Partitions per existing topic (missing topics are left out)."""
+    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(topics)
+            if t.get("error_code", 0) == 0 and t.get("partitions")}
 
 
 def _classifier_of(key: bytes | None) -> str:
@@ -271,3 +308,72 @@ def consumer_lag(settings: Settings, group_id: str, shorts: Iterable[str], timeo
         return {f"{tp.topic}:{tp.partition}": max(0, (consumer.highwater(tp) or 0) - committed[tp]) for tp in tps}
     finally:
         consumer.close()
+
+
+def tail(bus: Bus, shorts: Iterable[str], handler: Handler, *, stop: threading.Event,
+         backoff_s: float = 0.5, max_backoff_s: float = 5.0, poll_timeout_ms: int = 500,
+         on_assigned: Callable[[], None] | None = None) -> None:
+    """Follow every partition of ``shorts`` from their ends, without a consumer group, until ``stop``.
+
+    For notifications every process must see (promotions, tenant changes): each reader gets all
+    partitions, nothing is committed, no group is left behind, and nothing before the start is
+    replayed (the reader loads current state itself when it starts). Positions survive a broken
+    client, so events published while reconnecting are still read. A handler failure is retried on
+    the same record with backoff (the handlers are idempotent); unparsable records are skipped.
+    ``on_assigned`` runs once the first consumer has its positions (tests wait on it).
+    """
+    shorts = list(shorts)
+    positions: dict[TopicPartition, int] = {}
+    failures = 0
+    while not stop.is_set():
+        consumer: KafkaConsumer | None = None
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=bus.settings.kafka_bootstrap, group_id=None,
+                                     client_id=f"{bus.client_id}-tail", enable_auto_commit=False,
+                                     reconnect_backoff_max_ms=2_000)
+            tps = [tp for s in shorts for tp in bus.partitions(consumer, s)]
+            if not tps:
+                raise TransientError(f"topics {shorts} not found")
+            consumer.assign(tps)
+            fresh = [tp for tp in tps if tp not in positions]
+            if fresh:
+                consumer.seek_to_end(*fresh)
+            for tp in tps:
+                if tp in positions:
+                    consumer.seek(tp, positions[tp])
+                else:
+                    positions[tp] = consumer.position(tp)
+            if on_assigned is not None:
+                on_assigned()
+                on_assigned = None
+            while not stop.is_set():
+                retry = False
+                for tp, records in consumer.poll(timeout_ms=poll_timeout_ms).items():
+                    for record in records:
+                        try:
+                            event = parse_event(bus.short(record.topic), record.value)
+                        except Exception as exc:  # noqa: BLE001 - a bad record is skipped, not retried
+                            log.warning("skipping unparsable %s:%s: %s", tp, record.offset, exc)
+                            positions[tp] = record.offset + 1
+                            continue
+                        try:
+                            handler(bus.short(record.topic), event)
+                        except Exception as exc:  # noqa: BLE001 - retried: the handlers are idempotent
+                            log.warning("handling %s:%s failed (%s); will retry", tp, record.offset, exc)
+                            consumer.seek(tp, record.offset)
+                            retry = True
+                            break
+                        positions[tp] = record.offset + 1
+                if retry:
+                    failures += 1
+                    stop.wait(min(max_backoff_s, backoff_s * 2 ** min(failures, 8)))
+                else:
+                    failures = 0
+        except Exception:  # noqa: BLE001 - the broker may be away: rebuild the client, keep positions
+            log.warning("tail of %s failed; retrying", shorts, exc_info=True)
+            failures += 1
+            stop.wait(min(max_backoff_s, backoff_s * 2 ** min(failures, 8)))
+        finally:
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close()

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     # an event larger than this (key + value) goes to the dead-letter topic instead: under the
     # producer's max_request_size (1 MiB) and Kafka's default message.max.bytes, with room for framing
     kafka_max_record_bytes: int = Field(default=1_000_000, ge=1024)
+    # topics are created with these (existing topics are never changed: a topic with fewer partitions is
+    # reported by `sift status` and a warning at start). Partitions bound how many workers of a kind share
+    # the work; every event is keyed by classifier, so one classifier's events stay in order on one partition.
+    # Production: replication 3 with min.insync.replicas 2 (acks=all then survives one broker down).
+    kafka_partitions: int = Field(default=3, ge=1)
+    kafka_replication: int = Field(default=1, ge=1)
+    # None: replication - 1 (at least 1); only sent to the broker when replication > 1
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
 
     # client timeouts and bounded retries: a hung store fails a request instead of holding it forever
     s3_connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -92,6 +100,9 @@ class Settings(BaseSettings):
     # champions loaded at once while a replica starts (downloads overlap; /readyz waits for all of them)
     preload_concurrency: int = Field(default=4, ge=1, le=32)
     model_poll_seconds: float = Field(default=30.0, gt=0)
+    # follow tenant-events: a config or key change elsewhere drops this replica's cached copy at once
+    # (config_cache_seconds stays the bound when an event is lost)
+    tenant_watch: bool = True
 
     # `sift worker ...` serves /healthz, /readyz and /metrics on this port; 0: none (the local stack runs
     # several workers on one host, the image sets 8001)

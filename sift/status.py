@@ -35,6 +35,9 @@ class ClassifierStatus(BaseModel):
 class PipelineStatus(BaseModel):
     processes: dict[str, str]
     lag: dict[str, dict[str, int]]
+    # partitions each topic has; `warnings` names those with fewer than SIFT_KAFKA_PARTITIONS
+    topics: dict[str, int] = {}
+    warnings: list[str] = []
     spool_events: int | None
     spool_oldest_age_s: float | None
     classifiers: list[ClassifierStatus]
@@ -58,7 +61,7 @@ def _process_state(row: dict[str, Any]) -> str:
 
 
 def pipeline_status(settings: Settings) -> PipelineStatus:
-    from infra.bus import consumer_lag
+    from infra.bus import Bus, consumer_lag
     from infra.local.stack import LocalStack
     from infra.objectstore import ObjectStore
     from infra.registry import Registry
@@ -72,6 +75,10 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
     processes = {name: _process_state(row) for name, row in LocalStack(settings).status().items()}
     lag = {group: _try(errors, f"lag of {group}", lambda g=group, t=topics: consumer_lag(settings, g, t)) or {}
            for group, topics in GROUPS.items()}
+    topics = _try(errors, "topics", lambda: Bus(settings, client_id="sift-status").topic_partitions()) or {}
+    warnings = [f"topic {settings.topic_prefix}{short} has {n} partition(s) < SIFT_KAFKA_PARTITIONS="
+                f"{settings.kafka_partitions}: at most {n} worker(s) of a kind share its work"
+                for short, n in topics.items() if n < settings.kafka_partitions]
     # no spool folder: nothing was ever spooled on this host (opening one would create it)
     spool = _try(errors, "spool", lambda: Spool(settings.spool_dir)) if settings.spool_dir.exists() else None
     spool_events = (len(spool) if spool is not None else None) if settings.spool_dir.exists() else 0
@@ -96,7 +103,7 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
                          if report.label_psi is not None and report.confidence_psi is not None else report.status)
         rows.append(row)
     return PipelineStatus(
-        processes=processes, lag=lag, classifiers=rows, errors=errors,
+        processes=processes, lag=lag, topics=topics, warnings=warnings, classifiers=rows, errors=errors,
         spool_events=spool_events, spool_oldest_age_s=spool.oldest_age_s() if spool is not None else None,
     )
 
@@ -109,6 +116,9 @@ def render(status: PipelineStatus) -> str:
     for group, parts in status.lag.items():
         total = sum(parts.values())
         lines.append(f"  {group:<18} {total}" + (f"   {parts}" if total else ""))
+    if status.topics:
+        lines.append("TOPICS (partitions)  " + "  ".join(f"{t}={n}" for t, n in status.topics.items()))
+    lines += [f"  ! {w}" for w in status.warnings]
     age = "" if status.spool_oldest_age_s is None else f", oldest {status.spool_oldest_age_s:.0f} s"
     lines.append(f"SPOOL  {status.spool_events if status.spool_events is not None else '?'} events{age}")
     lines.append("CLASSIFIERS")

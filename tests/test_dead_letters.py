@@ -6,7 +6,6 @@ import uuid
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, TopicPartition
 
 from infra.events import TOPIC_REVIEW_REQUESTS
 from infra.tenants import ClassifierConfig
@@ -15,18 +14,13 @@ from ops.api import router as dead_letters_router
 from ops.deadletters import DeadLetters
 from review.labelstudio import ensure_project
 from review.worker import GROUP_ID
-from tests.bus_helpers import wait_until
+from tests.bus_helpers import committed_offset, wait_until
 from tests.review_fixtures import LABELS, ReviewEnv, WorkerThread, review_env_fixture  # noqa: F401
 
 
 def _committed(env: ReviewEnv) -> int:
-    """The review worker group's committed offset on the review-requests topic."""
-    consumer = KafkaConsumer(bootstrap_servers=env.settings.kafka_bootstrap, group_id=GROUP_ID,
-                             enable_auto_commit=False)
-    try:
-        return consumer.committed(TopicPartition(env.bus.topic(TOPIC_REVIEW_REQUESTS), 0)) or 0
-    finally:
-        consumer.close()
+    """The review worker group's committed offsets on the review-requests topic, summed over partitions."""
+    return committed_offset(env.settings, GROUP_ID, TOPIC_REVIEW_REQUESTS)
 
 
 def _task_count(env: ReviewEnv, project: int) -> int:

@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, TopicPartition
 
 from classifier.engine import ServingEngine
 from feedback.cli import upload_via_api
@@ -28,7 +27,7 @@ from infra.publisher import EventPublisher
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
 from sift.app import create_app
-from tests.bus_helpers import isolated, read_topic, wait_until
+from tests.bus_helpers import isolated, read_records, read_topic, wait_until
 
 pytestmark = pytest.mark.timeout(400)
 ROWS = 100_000
@@ -76,18 +75,7 @@ def server(sift_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, subpr
 
 
 def _count_topic(settings: Settings, short: str, expect: int, timeout_s: float = 120) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
-                             auto_offset_reset="earliest", max_poll_records=5000)
-    tp = TopicPartition(settings.topic_prefix + short, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    n, deadline = 0, time.monotonic() + timeout_s
-    try:
-        while n < expect and time.monotonic() < deadline:
-            n += sum(len(r) for r in consumer.poll(timeout_ms=500).values())
-    finally:
-        consumer.close()
-    return n
+    return len(read_records(settings, short, expect=expect, timeout_s=timeout_s))
 
 
 def test_100k_row_file_streams_with_bounded_memory(server, tmp_path: Path) -> None:  # noqa: ANN001

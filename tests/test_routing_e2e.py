@@ -12,7 +12,6 @@ MLflow registry (S3 artifacts), publishing to the real broker (Tansu on S3).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,15 +20,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kafka import TopicPartition
 
-from infra.bus import Bus
-from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest, parse_event
+from infra.events import TOPIC_REVIEW_REQUESTS, ReviewRequest
 from infra.objectstore import ObjectStore
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
 from sift.app import create_app
-from tests.bus_helpers import isolated, wait_until
+from tests.bus_helpers import isolated, read_topic, wait_until
 from tests.model_fixtures import register_champion
 from tests.services import KafkaService
 
@@ -73,24 +70,8 @@ def served(sift_settings: Settings, mlflow_server, tiny_model_dir: Path) -> Iter
 
 def read_to_high_watermark(settings: Settings, short: str = TOPIC_REVIEW_REQUESTS,
                            timeout_s: float = 60.0) -> list[ReviewRequest]:
-    """Every record of the (single-partition) topic: a fresh group from earliest, until the consumer's
-    position reaches the high watermark returned by its own fetches."""
-    bus = Bus(settings)
-    consumer = bus.consumer(f"e2e-{uuid.uuid4().hex[:8]}", [short])
-    tp = TopicPartition(bus.topic(short), 0)
-    events: list[ReviewRequest] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            assert time.monotonic() < deadline, "never reached the topic's high watermark"
-            for records in consumer.poll(timeout_ms=500).values():
-                events.extend(parse_event(short, r.value) for r in records)  # type: ignore[misc]
-            if tp in consumer.assignment():
-                high = consumer.highwater(tp)
-                if high is not None and consumer.position(tp) >= high:
-                    return events
-    finally:
-        consumer.close()
+    """Every record of the topic (all partitions), read to the high watermarks its own fetches report."""
+    return read_topic(settings, short, timeout_s=timeout_s)  # type: ignore[return-value]
 
 
 AMBIGUOUS = "The weather delayed the match and markets reacted"
