@@ -1,17 +1,16 @@
 """Keeps a serving replica on its classifiers' champions.
 
-``model-events`` make a promotion or rollback reach every replica within seconds; each replica
-reads them in its own consumer group (every replica must see every event). The handler only
-re-resolves the registry alias, so replayed or duplicated events are harmless, and a slow poll of
-the alias covers a replica that missed events while the broker was away.
+``model-events`` make a promotion or rollback reach every replica within seconds: each replica
+reads every partition itself (assign + seek to the end, no consumer group: every replica must see
+every event, and no group is left behind per start). Nothing is replayed: a replica loads the
+registry's champions when it starts. The handler only re-resolves the registry alias, so duplicated
+events are harmless, and a slow poll of the alias covers a replica that missed events.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-import uuid
 
 from classifier.engine import ServingEngine
 from infra.events import TOPIC_MODEL_EVENTS, Event, ModelEvent
@@ -25,7 +24,7 @@ class ModelWatcher:
         self.settings = settings
         self.engine = engine
         self.stop_event = threading.Event()
-        self.group_id = f"sift-serving-{uuid.uuid4().hex[:12]}"
+        self.following = threading.Event()  # set once the event reader has its positions
         self._threads = [
             threading.Thread(target=self._consume, name="model-events", daemon=True),
             threading.Thread(target=self._poll, name="model-poll", daemon=True),
@@ -53,23 +52,10 @@ class ModelWatcher:
         log.info("model-event %s %s v%s: serving v%s", event.action, event.classifier, event.version, version)
 
     def _consume(self) -> None:
-        from infra.bus import Bus
+        from infra.bus import Bus, tail
 
-        bus = Bus(self.settings, client_id="sift-serving")
-        while not self.stop_event.is_set():
-            consumer = producer = None
-            try:
-                consumer = bus.consumer(self.group_id, [TOPIC_MODEL_EVENTS])
-                producer = bus.producer()
-                bus.run_consumer(consumer, self.handle, stop=self.stop_event, dead_letter_producer=producer)
-            except Exception:
-                log.warning("model-event consumer failed; retrying", exc_info=True)
-                self.stop_event.wait(2.0)
-            finally:
-                for client in (consumer, producer):
-                    if client is not None:
-                        with contextlib.suppress(Exception):  # closing a broken client
-                            client.close()
+        tail(Bus(self.settings, client_id="sift-serving"), [TOPIC_MODEL_EVENTS], self.handle,
+             stop=self.stop_event, on_assigned=self.following.set)
 
     def _poll(self) -> None:
         while not self.stop_event.wait(self.settings.model_poll_seconds):

@@ -1,0 +1,72 @@
+"""Scale-out seams on the real broker: every replica learns every promotion and tenant change, without
+consumer groups; two review workers split a partitioned topic and each request still becomes one task."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient
+
+from classifier.engine import ServingEngine
+from classifier.model_watch import ModelWatcher
+from infra.bus import Bus
+from infra.events import TOPIC_MODEL_EVENTS, ModelEvent
+from infra.settings import Settings
+from review.worker import partition_of
+from tests.bus_helpers import isolated, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+PROMOTION_BOUND_S = 10.0  # the README's bound for a promotion to reach every replica
+
+
+def _groups(settings: Settings) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        return {g["group_id"] if isinstance(g, dict) else g[0] for g in admin.list_groups()}
+    finally:
+        admin.close()
+
+
+def test_every_replica_swaps_to_a_promotion_without_a_consumer_group(sift_settings: Settings,
+                                                                     tiny_model_dir: Path) -> None:
+    settings = isolated(sift_settings).model_copy(update={"model_poll_seconds": 600.0})  # only events explain a swap
+    bus = Bus(settings)
+    bus.ensure_topics()
+    name = f"m-{uuid.uuid4().hex[:6]}"
+    # an older event of a classifier on the same partition: a replica must not replay it
+    old = next(c for c in (f"o-{i}-{name}" for i in range(1000))
+               if partition_of(c, settings.kafka_partitions) == partition_of(name, settings.kafka_partitions))
+    producer = bus.producer()
+    bus.send_sync(producer, TOPIC_MODEL_EVENTS,
+                  ModelEvent(classifier=old, version="9", action="promoted", registry_uri="models:/x"))
+
+    champion = {name: ("1", str(tiny_model_dir))}
+    asked: list[str] = []
+
+    def resolve(classifier: str) -> tuple[str, str] | None:  # the registry alias, as the replica reads it
+        asked.append(classifier)
+        return champion.get(classifier)
+
+    engines = [ServingEngine(resolve) for _ in range(2)]
+    for engine in engines:
+        assert engine.refresh(name) == "1"  # what a replica loads at start
+    groups_before = _groups(settings)
+    watchers = [ModelWatcher(settings, engine).start() for engine in engines]
+    try:
+        assert all(w.following.wait(30) for w in watchers)
+        champion[name] = ("2", str(tiny_model_dir))
+        bus.send_sync(producer, TOPIC_MODEL_EVENTS,
+                      ModelEvent(classifier=name, version="2", action="promoted", registry_uri="models:/x"))
+        assert wait_until(lambda: all(e.loaded_version(name) == "2" for e in engines), PROMOTION_BOUND_S)
+        assert old not in asked  # read from the end: the older event (same partition, before it) was skipped
+        assert _groups(settings) == groups_before  # no consumer group per replica start
+    finally:
+        producer.close()
+        for w in watchers:
+            w.stop()
+        for engine in engines:
+            asyncio.run(engine.aclose())
