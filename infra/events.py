@@ -15,7 +15,9 @@ TOPIC_REVIEW_REQUESTS = "review-requests"
 TOPIC_REVIEWED_LABELS = "reviewed-labels"
 TOPIC_MODEL_EVENTS = "model-events"
 TOPIC_DEAD_LETTER = "dead-letter"
-ALL_TOPICS = (TOPIC_REVIEW_REQUESTS, TOPIC_REVIEWED_LABELS, TOPIC_MODEL_EVENTS, TOPIC_DEAD_LETTER)
+TOPIC_TENANT_EVENTS = "tenant-events"
+ALL_TOPICS = (TOPIC_REVIEW_REQUESTS, TOPIC_REVIEWED_LABELS, TOPIC_MODEL_EVENTS, TOPIC_DEAD_LETTER,
+              TOPIC_TENANT_EVENTS)
 
 ReviewSource = Literal["low_confidence", "user_feedback", "batch_feedback"]
 
@@ -94,11 +96,21 @@ class DeadLetter(Event):
     first_seen: datetime = Field(default_factory=_now)
 
 
+class TenantChanged(Event):
+    """A classifier's config or keys changed: every API replica drops its cached copy at once."""
+
+    event_id: str = Field(default_factory=new_id)
+    classifier: str
+    change: Literal["created", "updated", "key_issued", "key_revoked", "deleted"]
+    created_at: datetime = Field(default_factory=_now)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     TOPIC_REVIEW_REQUESTS: ReviewRequest,
     TOPIC_REVIEWED_LABELS: ReviewedLabel,
     TOPIC_MODEL_EVENTS: ModelEvent,
     TOPIC_DEAD_LETTER: DeadLetter,
+    TOPIC_TENANT_EVENTS: TenantChanged,
 }
 
 

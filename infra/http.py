@@ -54,15 +54,18 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings, **parts: Any) -> Services:
+        from infra.tenant_events import TenantNotifier
+
         store = ObjectStore(settings)
-        tenants = TenantStore(store)
+        tenants = TenantStore(store, on_change=TenantNotifier(settings))
         return cls(settings, store, tenants, TenantCache(tenants, settings.config_cache_seconds), **parts)
 
     def close(self) -> None:
         """Flush what is written behind responses: prediction segments, spooled events."""
-        for part in (self.publisher, self.predictions):
-            if part is not None:
-                part.close()
+        for part in (self.publisher, self.predictions, self.tenants.on_change):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
 
 
 async def get_services(request: Request) -> Services:

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,9 +139,20 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+TenantChange = Callable[[str, str], None]
+"""Called with (classifier, change) after a change is stored; ``infra.tenant_events`` publishes it."""
+
+
 class TenantStore:
-    def __init__(self, store: ObjectStore) -> None:
+    """``on_change`` tells other replicas (their caches) about every stored change."""
+
+    def __init__(self, store: ObjectStore, on_change: TenantChange | None = None) -> None:
         self.store = store
+        self.on_change = on_change
+
+    def _changed(self, name: str, change: str) -> None:
+        if self.on_change is not None:
+            self.on_change(name, change)
 
     @staticmethod
     def _config_key(name: str) -> str:
@@ -165,9 +177,14 @@ class TenantStore:
                     out.append(ClassifierConfig.model_validate(data))
         return sorted(out, key=lambda c: c.name)
 
-    def save(self, cfg: ClassifierConfig) -> ClassifierConfig:
+    def _save(self, cfg: ClassifierConfig) -> ClassifierConfig:
         cfg.updated_at = _now()
         self.store.put_json(self._config_key(cfg.name), cfg.model_dump(mode="json"))
+        return cfg
+
+    def save(self, cfg: ClassifierConfig) -> ClassifierConfig:
+        self._save(cfg)
+        self._changed(cfg.name, "updated")
         return cfg
 
     def create(self, cfg: ClassifierConfig) -> tuple[ClassifierConfig, str]:
@@ -175,7 +192,8 @@ class TenantStore:
         if self.get(cfg.name) is not None:
             raise AlreadyExists(f"classifier {cfg.name!r} already exists")
         key = self._new_key(cfg)
-        self.save(cfg)
+        self._save(cfg)
+        self._changed(cfg.name, "created")
         return cfg, key
 
     def _new_key(self, cfg: ClassifierConfig) -> str:
@@ -189,7 +207,8 @@ class TenantStore:
     def issue_key(self, name: str) -> str:
         cfg = self.require(name)
         key = self._new_key(cfg)
-        self.save(cfg)
+        self._save(cfg)
+        self._changed(name, "key_issued")
         return key
 
     def revoke_key(self, name: str, key_id: str) -> None:
@@ -201,13 +220,15 @@ class TenantStore:
             if k.key_id == key_id:
                 self.store.delete(f"api-keys/{k.sha256}.json")
         cfg.api_keys = keep
-        self.save(cfg)
+        self._save(cfg)
+        self._changed(name, "key_revoked")
 
     def delete(self, name: str) -> ClassifierConfig:
         cfg = self.require(name)
         for k in cfg.api_keys:
             self.store.delete(f"api-keys/{k.sha256}.json")
         self.store.delete(self._config_key(name))
+        self._changed(name, "deleted")
         return cfg
 
     def key_owner(self, key: str) -> str | None:
@@ -282,4 +303,7 @@ class TenantCache:
                 self._configs.clear()
                 self._owners.clear()
             else:
+                # the keys it owned too: a revoked key must not stay valid through the owner cache
                 self._configs.pop(name, None)
+                for digest in [d for d, (_, owner) in self._owners.items() if owner == name]:
+                    del self._owners[digest]

@@ -25,6 +25,7 @@ from infra.http import ErrorBody, Services, errors, require_admin
 from infra.predictions import PredictionStore
 from infra.publisher import EventPublisher
 from infra.settings import Settings, get_settings
+from infra.tenant_events import TenantListener
 from ops.api import drift_router
 from ops.api import router as dead_letters_router
 from retrain.api import router as retrain_router
@@ -166,9 +167,13 @@ def create_app(settings: Settings | None = None, *, engine: ServingEngine | None
             from classifier.model_watch import ModelWatcher
 
             watcher = ModelWatcher(settings, _engine(services)).start()
+        listener = TenantListener(settings, services.tenant_cache).start() if settings.tenant_watch else None
+        app.state.tenant_listener, app.state.model_watcher = listener, watcher
         try:
             yield
         finally:
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
             if watcher is not None:
                 await asyncio.to_thread(watcher.stop)
             await _engine(services).aclose()

@@ -41,13 +41,18 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _tenants():  # noqa: ANN202
+    import atexit
+
     from infra.objectstore import ObjectStore
     from infra.settings import get_settings
+    from infra.tenant_events import TenantNotifier
     from infra.tenants import TenantStore
 
     store = ObjectStore(get_settings())
     store.ensure_bucket()
-    return TenantStore(store)
+    notifier = TenantNotifier(get_settings())  # running API replicas drop their cached copy at once
+    atexit.register(notifier.close)
+    return TenantStore(store, on_change=notifier)
 
 
 def _print(obj: object) -> None:

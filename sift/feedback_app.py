@@ -20,6 +20,7 @@ from infra.http import Services
 from infra.predictions import PredictionStore
 from infra.publisher import EventPublisher
 from infra.settings import Settings, get_settings
+from infra.tenant_events import TenantListener
 from sift.errors import install_error_handlers
 
 
@@ -31,9 +32,12 @@ def create_feedback_app(settings: Settings | None = None, *, publisher: EventPub
         services = Services.from_settings(settings, publisher=publisher or EventPublisher(settings))
         services.predictions = PredictionStore(services.store)
         app.state.services = services
+        listener = TenantListener(settings, services.tenant_cache).start() if settings.tenant_watch else None
         try:
             yield
         finally:
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
             await asyncio.to_thread(services.close)
 
     app = FastAPI(title="Sift feedback", lifespan=lifespan)

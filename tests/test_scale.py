@@ -70,3 +70,48 @@ def test_every_replica_swaps_to_a_promotion_without_a_consumer_group(sift_settin
             w.stop()
         for engine in engines:
             asyncio.run(engine.aclose())
+
+
+def test_a_key_revoked_and_a_threshold_changed_on_one_replica_hold_on_another(sift_settings: Settings,
+                                                                              tiny_model_dir: Path,
+                                                                              tiny_examples: dict[str, str]) -> None:
+    """Two API replicas on one store and broker; the cache TTL is a minute, so only tenant-events can
+    explain replica B refusing the key and applying the threshold within seconds."""
+    from fastapi.testclient import TestClient
+
+    from sift.app import create_app
+
+    settings = isolated(sift_settings).model_copy(update={"config_cache_seconds": 60.0, "model_watch": False})
+    Bus(settings).ensure_topics()
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    text = next(iter(tiny_examples.values()))
+
+    def app() -> TestClient:
+        return TestClient(create_app(settings, engine=ServingEngine(lambda c: ("1", str(tiny_model_dir)))))
+
+    with app() as a, app() as b:
+        admin = {"x-admin-key": settings.admin_key}
+        assert all(c.app.state.tenant_listener.following.wait(30) for c in (a, b))
+        created = a.post("/v1/admin/classifiers", headers=admin,
+                         json={"name": name, "labels": ["sports", "tech"], "threshold": 0.01})
+        assert created.status_code == 201, created.text
+        revoked_key = created.json()["api_key"]
+        kept = a.post(f"/v1/admin/classifiers/{name}/keys", headers=admin).json()
+
+        def classify(key: str) -> tuple[int, bool | None]:
+            r = b.post(f"/v1/classifiers/{name}/classify", headers={"x-api-key": key}, json={"text": text})
+            return r.status_code, r.json()["results"][0]["review_requested"] if r.status_code == 200 else None
+
+        assert wait_until(lambda: classify(revoked_key) == (200, False), 30)  # B caches config and key now
+        assert classify(kept["api_key"]) == (200, False)
+
+        key_id = created.json()["classifier"]["api_key_ids"][0]
+        assert a.delete(f"/v1/admin/classifiers/{name}/keys/{key_id}", headers=admin).status_code == 204
+        assert a.patch(f"/v1/admin/classifiers/{name}", headers=admin, json={"threshold": 1.0}).status_code == 200
+
+        bound_s = 10.0  # well inside the 60 s TTL
+        assert wait_until(lambda: classify(revoked_key)[0] == 401, bound_s)
+        assert wait_until(lambda: classify(kept["api_key"]) == (200, True), bound_s)  # every answer is below 1.0
+
+        assert a.delete(f"/v1/admin/classifiers/{name}", headers=admin).status_code == 204
+        assert wait_until(lambda: classify(kept["api_key"])[0] == 401, bound_s)
