@@ -86,6 +86,7 @@ def run_review_worker(settings: Settings, stop: threading.Event, *, tick_s: floa
     # of a failing record before it reached max_attempts, so a poison request was retried forever
     attempts: dict[tuple[TopicPartition, int], int] = {}
     log.info("review worker started (group %s)", GROUP_ID)
+    owned_partitions: list[int] | None = None
     try:
         while not stop.is_set():
             round_stop = threading.Event()
@@ -99,6 +100,10 @@ def run_review_worker(settings: Settings, stop: threading.Event, *, tick_s: floa
                 _rewind_to_committed(consumer)
             except Exception:
                 log.warning("could not rewind to committed offsets", exc_info=True)
+            now_owned = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
+            if now_owned != owned_partitions:  # the group moved partitions: evidence of who does what
+                log.info("review worker owns partitions %s of %s", now_owned, topic)
+                owned_partitions = now_owned
             started = time.monotonic()
             try:
                 owned = _owned_classifiers(consumer, topic, tenants)

@@ -69,11 +69,12 @@ class WorkerThread:
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    name: str | None = None  # the thread's name: log records tell workers apart by it
 
     def start(self, tick_s: float = 1.0) -> WorkerThread:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=run_review_worker, args=(self.settings, self.stop),
-                                       kwargs={"tick_s": tick_s}, daemon=True)
+                                       kwargs={"tick_s": tick_s}, daemon=True, name=self.name)
         self.thread.start()
         return self
 

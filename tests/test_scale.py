@@ -4,6 +4,7 @@ consumer groups; two review workers split a partitioned topic and each request s
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from classifier.model_watch import ModelWatcher
 from infra.bus import Bus
 from infra.events import TOPIC_MODEL_EVENTS, ModelEvent
 from infra.settings import Settings
+from review.worker import GROUP_ID as REVIEW_GROUP
 from review.worker import partition_of
-from tests.bus_helpers import isolated, wait_until
+from tests.bus_helpers import committed_offset, isolated, wait_until
+from tests.review_fixtures import review_env_fixture  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -115,3 +118,81 @@ def test_a_key_revoked_and_a_threshold_changed_on_one_replica_hold_on_another(si
 
         assert a.delete(f"/v1/admin/classifiers/{name}", headers=admin).status_code == 204
         assert wait_until(lambda: classify(kept["api_key"])[0] == 401, bound_s)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def owned(self, worker: str) -> list[int]:
+        """The partitions a worker last said it owns."""
+        said = [r.args[0] for r in list(self.records)
+                if r.threadName == worker and r.msg.startswith("review worker owns partitions")]
+        return list(said[-1]) if said else []  # type: ignore[call-overload]
+
+    def handled(self) -> dict[str, set[str]]:
+        """Classifier → the workers that handled its review requests."""
+        out: dict[str, set[str]] = {}
+        for r in list(self.records):
+            if r.msg.startswith("review-request "):
+                out.setdefault(str(r.args[1]), set()).add(r.threadName)  # type: ignore[index]
+        return out
+
+
+@pytest.mark.timeout(600)  # a first Label Studio start is slow
+def test_two_review_workers_split_the_partitions_and_each_request_is_one_task(review_env) -> None:  # noqa: ANN001
+    from infra.tenants import ClassifierConfig
+    from review.labelstudio import ensure_project
+    from tests.review_fixtures import LABELS, WorkerThread
+
+    env = review_env
+    n = env.settings.kafka_partitions
+    assert n == 3 and Bus(env.settings).topic_partitions(["review-requests"]) == {"review-requests": 3}
+    # one classifier per partition, so whichever way the group splits them both workers get requests
+    cfgs = {partition_of(env.name, n): env.cfg}
+    while len(cfgs) < n:
+        name = f"rv-{uuid.uuid4().hex[:8]}"
+        if partition_of(name, n) not in cfgs:
+            cfg, _ = env.api.services.tenants.create(ClassifierConfig(name=name, labels=LABELS))
+            ensure_project(env.settings, env.api.services.tenants, cfg, env.projects)
+            cfgs[partition_of(name, n)] = env.api.services.tenants.require(name)
+
+    records = _Records()
+    worker_log = logging.getLogger("review.worker")
+    worker_log.addHandler(records)
+    previous_level = worker_log.level
+    worker_log.setLevel(logging.INFO)
+    workers = [WorkerThread(env.settings, name=f"review-{i}").start() for i in range(2)]
+    try:
+        # both members of the group hold partitions, all three between them, before anything is published
+        assert wait_until(lambda: all(records.owned(w.name) for w in workers)
+                          and sorted(records.owned("review-0") + records.owned("review-1")) == list(range(n)), 60)
+        requests = [env.request(f"split {cfg.name} {i}", classifier=cfg.name) for cfg in cfgs.values()
+                    for i in range(2)]
+        env.publish(*requests, requests[0])  # one redelivered duplicate: still one task
+
+        def tasks_of(cfg: ClassifierConfig) -> list[dict]:
+            return [t for _, page in env.projects._pages(cfg.label_studio_project_id,
+                                                         '{"filters": {"conjunction": "and", "items": []}}',
+                                                         fields="all") for t in page]
+
+        def settled() -> bool:
+            return (committed_offset(env.settings, REVIEW_GROUP, "review-requests") >= env.published
+                    and all(len(tasks_of(cfg)) >= 2 for cfg in cfgs.values()))
+
+        assert wait_until(settled, 120, 0.5)
+        for cfg in cfgs.values():
+            texts = sorted(t["data"]["text"] for t in tasks_of(cfg))
+            assert texts == [f"split {cfg.name} 0", f"split {cfg.name} 1"], cfg.name
+        handled = records.handled()
+        assert all(len(handled[cfg.name]) == 1 for cfg in cfgs.values())  # one worker per classifier
+        assert set().union(*handled.values()) == {"review-0", "review-1"}  # and both worked
+    finally:
+        for w in workers:
+            w.halt()
+        worker_log.removeHandler(records)
+        worker_log.setLevel(previous_level)
