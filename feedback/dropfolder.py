@@ -8,7 +8,9 @@ object's ETag: ``done`` (ingested; rows may have been rejected one by one) or ``
 a whole — malformed, too large — or it failed ``MAX_ATTEMPTS`` times; the report says why). A
 worker restart skips finished files, and a new upload under the same key (new ETag) is ingested
 again. A marker in ``processing`` state is a lease: another worker takes the file over only after
-``lease_s``. A crash between publishing and the marker re-ingests the file with the same event ids
+``lease_s``. The lease is taken with a conditional write (``put_if``: create, or replace the version
+just read), so of two drop-folder replicas that see the same new file only one ingests it; the other
+gets ``LeaseHeld`` and skips it. A crash between publishing and the marker re-ingests the file with the same event ids
 (content hash + row), which the review worker dedupes. Rows are published with
 ``publish_durable``, so the "done" marker is written only once each is acked or spooled; when
 neither is possible (``NotDurable``) the file stays "processing" and is retried on the next poll
@@ -44,7 +46,7 @@ from feedback.uploads import (
     report_key,
     size_error,
 )
-from infra.objectstore import ObjectInfo, ObjectStore
+from infra.objectstore import ObjectInfo, ObjectStore, PreconditionFailed
 from infra.publisher import EventPublisher, NotDurable
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
@@ -63,6 +65,10 @@ class Marker(BaseModel):
     updated_at: float
     report_key: str | None = None
     attempts: int = 0  # started ingests of this ETag that ended in an unexpected error
+
+
+class LeaseHeld(Exception):
+    """Another drop-folder replica holds (or just finished) this file: skip it."""
 
 
 def marker_key(classifier: str, key: str) -> str:
@@ -111,18 +117,39 @@ class DropFolder:
     def _put_marker(self, classifier: str, marker: Marker) -> None:
         self.store.put_json(marker_key(classifier, marker.key), marker.model_dump())
 
+    def _claim(self, classifier: str, key: str, etag: str) -> int:
+        """Take the file's lease with a conditional write; returns the attempts made so far.
+
+        Raises ``LeaseHeld`` when the file is finished, another live owner holds it, or another
+        replica wrote the marker between our read and our write (the S3 server picks one winner).
+        """
+        mkey = marker_key(classifier, key)
+        found = self.store.get_with_etag(mkey)
+        previous = Marker.model_validate_json(found[0]) if found else None
+        if previous is not None and previous.etag == etag:
+            if previous.status in ("done", "failed"):
+                raise LeaseHeld(f"{key} is already {previous.status}")
+            if previous.owner != self.owner and time.time() - previous.updated_at < self.lease_s:
+                raise LeaseHeld(f"{key} is being ingested by {previous.owner}")
+        attempts = previous.attempts if previous is not None and previous.etag == etag else 0
+        claim = Marker(key=key, etag=etag, status="processing", owner=self.owner, updated_at=time.time(),
+                       attempts=attempts)
+        try:
+            self.store.put_if(mkey, claim.model_dump_json().encode(), etag=found[1] if found else None)
+        except PreconditionFailed as exc:
+            raise LeaseHeld(f"{key} was claimed by another replica") from exc
+        return attempts
+
     def process(self, cfg: ClassifierConfig, key: str, etag: str, size: int | None = None) -> UploadReport:
         """Ingest one dropped file and mark it done or failed; raises only to be retried later.
 
         A file refused as a whole gets its "rejected" report and a "failed" marker. ``NotDurable``
         (broker and spool both unavailable) propagates and leaves the file "processing". Any other
         error propagates too, until the ``MAX_ATTEMPTS``-th: then the file is marked failed with a
-        report naming the error, instead of being retried on every poll forever.
+        report naming the error, instead of being retried on every poll forever. ``LeaseHeld`` when
+        another replica has the file.
         """
-        previous = self._marker(cfg.name, key)
-        attempts = previous.attempts if previous is not None and previous.etag == etag else 0
-        self._put_marker(cfg.name, Marker(key=key, etag=etag, status="processing", owner=self.owner,
-                                          updated_at=time.time(), attempts=attempts))
+        attempts = self._claim(cfg.name, key, etag)
         basis = etag[:32]
         try:
             if size is not None and (refused := size_error(size, self.settings)) is not None:
@@ -164,6 +191,8 @@ class DropFolder:
             for item in self.pending(cfg):
                 try:
                     reports.append(self.process(cfg, item.key, item.etag, item.size))
+                except LeaseHeld as exc:
+                    log.debug("skipping %s: %s", item.key, exc)
                 except Exception:  # S3 or broker hiccup: the marker stays "processing" by us, retried next poll
                     log.exception("could not ingest %s", item.key)
         return reports

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from feedback.dropfolder import MAX_ATTEMPTS, DropFolder, marker_key, run_dropfolder_worker
+from feedback.dropfolder import MAX_ATTEMPTS, DropFolder, LeaseHeld, marker_key, run_dropfolder_worker
 from infra.objectstore import ObjectStore
 from infra.publisher import EventPublisher
 from infra.settings import Settings
@@ -128,3 +128,46 @@ def test_file_that_keeps_failing_is_marked_failed_after_max_attempts(env) -> Non
     report = folder.process(cfg, item.key, item.etag, item.size)
     assert report.status == "rejected" and report.error.startswith(f"failed {MAX_ATTEMPTS} times: ClientError")
     assert store.get_json(marker_key(name, key))["status"] == "failed"
+
+
+def test_two_replicas_never_ingest_one_file_twice(env) -> None:  # noqa: ANN001
+    """The lease is a conditional write: a replica that lost the race, or finds the file held or
+    finished, skips it; two replicas polling together publish each row once."""
+    settings, store, name, publisher = env
+    cfg = TenantStore(store).require(name)
+    held = f"feedback-uploads/{name}/held.csv"
+    store.put_bytes(held, b"text,label\nHeld row,sports\n")
+    a, b = DropFolder(settings, publisher), DropFolder(settings, publisher)
+    b.owner = a.owner + "-b"  # two processes
+    [item] = a.pending(cfg)
+    a._claim(name, item.key, item.etag)  # a is ingesting it
+    with pytest.raises(LeaseHeld, match="being ingested"):
+        b.process(cfg, item.key, item.etag, item.size)
+    a.process(cfg, item.key, item.etag, item.size)
+    with pytest.raises(LeaseHeld, match="already done"):
+        b.process(cfg, item.key, item.etag, item.size)
+
+    # both saw the file as new (marker absent when read); the second conditional create loses
+    raced = f"feedback-uploads/{name}/raced.csv"
+    store.put_bytes(raced, b"text,label\nRaced row,tech\n")
+    [item] = a.pending(cfg)
+    a._claim(name, item.key, item.etag)
+    b.store.get_with_etag = lambda key: None  # type: ignore[method-assign]  # b read before a wrote
+    with pytest.raises(LeaseHeld, match="claimed by another replica"):
+        b._claim(name, item.key, item.etag)
+    a.process(cfg, item.key, item.etag, item.size)
+
+    many = [f"feedback-uploads/{name}/many-{i}.csv" for i in range(6)]
+    for i, key in enumerate(many):
+        store.put_bytes(key, f"text,label\nMany {i},tech\n".encode())
+    c, d = DropFolder(settings, publisher), DropFolder(settings, publisher)
+    d.owner = c.owner + "-d"
+    threads = [threading.Thread(target=f.run_once) for f in (c, d)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(store.get_json(marker_key(name, key))["status"] == "done" for key in many)
+    publisher.flush(15)
+    texts = sorted(e.text for e in read_topic(settings, "review-requests", expect=8))
+    assert texts == sorted(["Held row", "Raced row", *(f"Many {i}" for i in range(6))])
