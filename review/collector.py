@@ -21,7 +21,10 @@ retrain in ``data_rejected``), and a review time in the future is clamped to now
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +35,7 @@ from pydantic import BaseModel
 
 from infra.bus import Bus
 from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel, stable_id
-from infra.objectstore import ObjectStore
+from infra.objectstore import ObjectStore, PreconditionFailed
 from infra.reviewed import write_reviewed
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
@@ -220,6 +223,28 @@ def reconcile(settings: Settings, classifier: str, *, full: bool = False) -> Rec
         producer.close(timeout=5)
 
 
+def take_pass(store: ObjectStore, classifier: str, owner: str, lease_s: float) -> bool:
+    """Claim the next reconciliation pass of ``classifier`` for ``lease_s`` seconds.
+
+    With several reconcile replicas, each pass runs once: the claim is a conditional write of
+    ``review/<classifier>/reconcile-lease.json`` (create, or replace the expired version just read),
+    so the S3 server lets one replica win. False when another replica's claim is still live.
+    """
+    key = f"review/{classifier}/reconcile-lease.json"
+    found = store.get_with_etag(key)
+    now = time.time()
+    if found is not None:
+        lease = json.loads(found[0])
+        if lease.get("owner") != owner and lease.get("until", 0) > now:
+            return False
+    body = json.dumps({"owner": owner, "until": now + lease_s}).encode()
+    try:
+        store.put_if(key, body, etag=found[1] if found else None)
+    except PreconditionFailed:
+        return False
+    return True
+
+
 def run_reconcile_loop(settings: Settings, stop: threading.Event, *, interval_s: float = 30.0) -> None:
     """`sift worker reconcile`: a pass over every classifier every ``interval_s`` seconds."""
     bus = Bus(settings, client_id="sift-reconcile")
@@ -227,6 +252,7 @@ def run_reconcile_loop(settings: Settings, stop: threading.Event, *, interval_s:
     store = ObjectStore(settings)
     tenants = TenantStore(store)
     passes = 0
+    owner = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
     while not stop.is_set():
         try:
             producer = producer or bus.producer()
@@ -235,6 +261,8 @@ def run_reconcile_loop(settings: Settings, stop: threading.Event, *, interval_s:
             for cfg in tenants.list():
                 if stop.is_set():
                     break
+                if not take_pass(store, cfg.name, owner, interval_s):
+                    continue  # another replica runs this interval's pass
                 report = collector.reconcile(cfg.name, full=passes % FULL_SCAN_EVERY == 0)
                 if report.recorded:
                     log.info("reconciliation recovered %d reviews of %s", report.recorded, cfg.name)

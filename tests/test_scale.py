@@ -196,3 +196,17 @@ def test_two_review_workers_split_the_partitions_and_each_request_is_one_task(re
             w.halt()
         worker_log.removeHandler(records)
         worker_log.setLevel(previous_level)
+
+
+def test_one_reconcile_replica_runs_each_pass(sift_settings: Settings) -> None:
+    """Two reconcile replicas: the pass lease (a conditional write) goes to one until it expires."""
+    from infra.objectstore import ObjectStore
+    from review.collector import take_pass
+
+    store = ObjectStore(sift_settings)
+    name = f"rc-{uuid.uuid4().hex[:6]}"
+    assert take_pass(store, name, "replica-a", lease_s=60)
+    assert not take_pass(store, name, "replica-b", lease_s=60)  # a's pass is live
+    assert take_pass(store, name, "replica-a", lease_s=0)  # a renews; with 0 s it expires at once
+    assert take_pass(store, name, "replica-b", lease_s=60)  # an expired lease is taken over
+    assert not take_pass(store, name, "replica-a", lease_s=60)
