@@ -52,7 +52,7 @@ class TenantNotifier:
         if producer is not None:
             producer.close(timeout=5)
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         """Publish what is queued (a CLI exits right after its change), then stop."""
         with self._lock:
             thread, self._thread = self._thread, None
