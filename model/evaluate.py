@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from model.data import LabeledText
 from model.runtime import LoadedModel
@@ -54,6 +54,10 @@ class EvalReport(BaseModel):
     confusion: list[list[int]]  # rows: true label, columns: predicted label, in ``labels`` order
     model_version: str = ""
     reference: PredictionReference | None = None
+    # per row, indices into ``labels``: what a paired comparison of two models on the same rows needs
+    # (retrain's promotion gate); kept out of dumps, which stay a summary
+    y_true: list[int] = Field(default_factory=list, exclude=True)
+    y_pred: list[int] = Field(default_factory=list, exclude=True)
 
     def flat_metrics(self, prefix: str = "") -> dict[str, float]:
         """Scalar metrics for MLflow: accuracy, macro_f1, and f1/recall per label."""
@@ -84,6 +88,8 @@ def scores_from_predictions(labels: list[str], y_true: list[int], y_pred: list[i
         },
         confusion=cm.astype(int).tolist(),
         model_version=model_version,
+        y_true=[int(x) for x in y_true],
+        y_pred=[int(x) for x in y_pred],
     )
 
 
