@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from model.calibration import expected_calibration_error
 from model.data import LabeledText
 from model.runtime import LoadedModel
 
@@ -54,6 +55,7 @@ class EvalReport(BaseModel):
     confusion: list[list[int]]  # rows: true label, columns: predicted label, in ``labels`` order
     model_version: str = ""
     reference: PredictionReference | None = None
+    ece: float | None = None  # expected calibration error of the probabilities as served (model/calibration.py)
     # per row, indices into ``labels``: what a paired comparison of two models on the same rows needs
     # (retrain's promotion gate); kept out of dumps, which stay a summary
     y_true: list[int] = Field(default_factory=list, exclude=True)
@@ -104,6 +106,7 @@ def evaluate(model: LoadedModel | str | Path, rows: list[LabeledText], **load_kw
     probs = model.predict_proba([r.text for r in rows])
     y_pred = probs.argmax(axis=1).tolist() if len(rows) else []
     report = scores_from_predictions(model.labels, [index[r.label] for r in rows], y_pred, model.version)
+    report.ece = expected_calibration_error(probs, np.asarray(report.y_true)) if len(rows) else None
     report.reference = prediction_reference(model.labels, [model.labels[i] for i in y_pred],
                                             probs.max(axis=1).tolist() if len(rows) else [])
     return report

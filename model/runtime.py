@@ -105,6 +105,8 @@ class LoadedModel:
         self.model_dir = model_dir
         self.batch_size = batch_size
         self.long_text: LongText = long_text
+        # temperature scaling fitted at training (model/calibration.py): probabilities are softmax(logits / T)
+        self.temperature = float(self.meta.get("temperature") or 1.0)
         self._lock = threading.Lock()  # fast tokenizers raise "Already borrowed" under concurrent use
         self.device = next(model.parameters()).device
         # the ONNX Runtime session when it serves this model (chosen by ``load``), else torch does
@@ -166,33 +168,48 @@ class LoadedModel:
         if self.onnx is None and quantize == "int8":
             self.model = quantize_int8(self.model)
 
-    @torch.inference_mode()
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """Probabilities, shape (len(texts), len(labels)), float32, rows in input order.
+        """Probabilities, shape (len(texts), len(labels)), float32, rows in input order:
+        ``softmax(logits / temperature)`` per window; ``chunks`` averages a text's windows."""
+        logits, owner = self._window_logits(texts)
+        probs = torch.softmax(torch.from_numpy(logits) / self.temperature, dim=-1).numpy()
+        return self._per_text(probs, owner, len(texts))
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Raw logits (before temperature) per text, float32; ``chunks`` averages a text's windows.
+        What calibration is fitted on."""
+        logits, owner = self._window_logits(texts)
+        return self._per_text(logits, owner, len(texts))
+
+    def _per_text(self, rows: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+        if len(owner) == n:  # one window per text (always so for head and head_tail)
+            return rows
+        out = np.zeros((n, rows.shape[1]), dtype=np.float32)
+        np.add.at(out, owner, rows)
+        return out / np.bincount(owner, minlength=n)[:, None].astype(np.float32)
+
+    @torch.inference_mode()
+    def _window_logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Logits per window (float32) and the text each belongs to.
 
         Texts are tokenised once, sorted by length and cut into chunks whose padding stays small:
         on CPU the cost of a forward pass is proportional to the padded tokens, so one long text
         must not make fifteen short ones pay for its length. A text longer than ``max_length``
-        tokens is seen through ``text_windows`` (one row per window; ``chunks`` averages its rows).
+        tokens is seen through ``text_windows`` (one row per window).
         """
-        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
-            return out
+            return np.empty((0, len(self.labels)), dtype=np.float32), np.empty(0, dtype=np.int64)
         with self._lock:
             rows, owner = self._encode(list(texts))
-            probs = np.empty((len(owner), len(self.labels)), dtype=np.float32)
+            out = np.empty((len(owner), len(self.labels)), dtype=np.float32)
             for chunk in length_chunks([len(x) for x in rows["input_ids"]], self.batch_size):
                 batch = {k: [rows[k][i] for i in chunk] for k in rows}
                 if self.onnx is not None:
                     logits = torch.from_numpy(self.onnx(self.tokenizer.pad(batch, return_tensors="np")))
                 else:
                     logits = self.model(**self.tokenizer.pad(batch, return_tensors="pt").to(self.device)).logits
-                probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        if len(owner) == len(texts):  # one window per text (always so for head and head_tail)
-            return probs
-        out[:] = 0
-        np.add.at(out, owner, probs)
-        return out / np.bincount(owner, minlength=len(texts))[:, None].astype(np.float32)
+                out[chunk] = logits.float().cpu().numpy()
+        return out, owner
 
     def _encode(self, texts: list[str]) -> tuple[dict[str, list[list[int]]], np.ndarray]:
         """Model inputs, one row per window, and the index of the text each row belongs to.
@@ -270,4 +287,5 @@ class LoadedModel:
         self.predict_proba(["x"] * min(self.batch_size, 8))
 
     def __repr__(self) -> str:
-        return f"LoadedModel(version={self.version!r}, labels={self.labels}, max_length={self.max_length})"
+        return (f"LoadedModel(version={self.version!r}, labels={self.labels}, max_length={self.max_length}, "
+                f"temperature={self.temperature:g})")
