@@ -63,13 +63,14 @@ def validate_texts(texts: list[str], max_chars: int, max_batch: int, *, single: 
     if not texts:
         raise HTTPException(422, "'texts' must hold at least one text")
     if len(texts) > max_batch:
-        raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {max_batch}")
+        raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {max_batch} (SIFT_MAX_BATCH_TEXTS)")
     for i, text in enumerate(texts):
         where = "text" if single else f"texts[{i}]"
         if not text.strip():
             raise HTTPException(422, f"{where} is empty")
         if len(text) > max_chars:
-            raise HTTPException(413, f"{where} has {len(text)} characters; the limit is {max_chars}")
+            raise HTTPException(413, f"{where} has {len(text)} characters; the limit is {max_chars} "
+                                     "(SIFT_MAX_TEXT_CHARS)")
         if problem := unicode_problem(where, text):
             raise HTTPException(422, problem)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from classifier import metrics
 from classifier.batcher import MicroBatcher
-from model.runtime import LoadedModel, Quantize, Runtime
+from model.runtime import LoadedModel, LongText, Quantize, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class ServingEngine:
         torch_threads: int = 0,
         quantize: Quantize = "none",
         runtime: Runtime = "torch",
+        long_text: LongText = "head_tail",
     ) -> None:
         self.resolve_champion = resolve_champion
         self.max_batch = max_batch
@@ -100,6 +101,7 @@ class ServingEngine:
         self.torch_threads = torch_threads
         self.quantize = quantize
         self.runtime = runtime
+        self.long_text: LongText = long_text
         self.slots: dict[str, ModelSlot] = {}
         self._lock = threading.Lock()
         self._refresh_locks: dict[str, threading.Lock] = {}
@@ -123,7 +125,7 @@ class ServingEngine:
     def load_model(self, classifier: str, version: str, model_dir: str) -> LoadedModel:
         """Load and warm a model on the configured backend (blocking; runs beside serving, not in its way)."""
         model = LoadedModel.load(model_dir, version=version, runtime=self.runtime, quantize=self.quantize,
-                                 num_threads=self.torch_threads or None)
+                                 num_threads=self.torch_threads or None, long_text=self.long_text)
         model.warm_up()
         log.info("classifier %s v%s loaded (%s)", classifier, version, model.backend)
         return model

@@ -70,15 +70,16 @@ class Settings(BaseSettings):
     # "production" refuses to start while any secret below still has its local default
     env: Literal["local", "production"] = "local"
 
-    # request limits
-    max_text_chars: int = Field(default=10_000, ge=1)
+    # request limits; a text is classified up to this length whatever the model's window (see below)
+    max_text_chars: int = Field(default=100_000, ge=1)
     max_batch_texts: int = Field(default=64, ge=1)
     # batch feedback uploads (API and drop folder): per row, and per file
     max_label_chars: int = Field(default=64, ge=1)  # labels and predicted labels (classifier labels are <= 64)
     max_upload_line_bytes: int = Field(default=256 * 1024, ge=1024)  # one JSONL line / CSV row, before parsing
     max_upload_json_depth: int = Field(default=8, ge=2)  # nesting of one row's JSON value
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # a whole file
-    # any request body (413 before it is parsed); 64 texts of 10k characters fit with room to spare
+    # any request body (413 before it is parsed): one text of max_text_chars fits even when every character
+    # is JSON-escaped (6 bytes each); a batch fits while the whole body does (64 texts of 60k ASCII characters)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # failed key checks (401/403) per client address: a burst, then this many per second (429 beyond)
     auth_failure_burst: int = Field(default=30, ge=1)
@@ -92,6 +93,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0)  # 0: leave torch's default
     # dynamic int8 quantisation of the Linear layers when serving on CPU (~1.8x faster forward)
     quantize: Literal["none", "int8"] = "int8"
+    # what the model reads of a text longer than its window (max_length tokens): head, head_tail (first and
+    # last tokens), or chunks (windows over the whole text, probabilities averaged; one forward pass each)
+    long_text_strategy: Literal["head", "head_tail", "chunks"] = "head_tail"
     # what runs the forward pass on CPU: ONNX Runtime (exported at load, ~1.5x faster here) or torch
     serving_runtime: Literal["onnx", "torch"] = "onnx"
     config_cache_seconds: float = 2.0

@@ -54,8 +54,22 @@ class RetrainPolicy(BaseModel):
 
     min_new_labels: int = Field(default=100, ge=1, description="retrain after this many new reviewed labels")
     schedule: str | None = Field(default=None, description="'daily', 'weekly' or a 5-field cron expression")
+    # the promotion gate (retrain/bless.py): a paired bootstrap of champion and candidate on the evaluation set
     promotion_margin: float = Field(default=0.0, ge=0, le=1, description="macro-F1 gain over the champion")
-    recall_tolerance: float = Field(default=0.05, ge=0, le=1, description="largest allowed per-class recall drop")
+    max_f1_loss: float = Field(default=0.02, ge=0, le=1, description="the gain interval's lower bound must be "
+                               "above minus this: how much worse than the champion a candidate may plausibly be")
+    recall_tolerance: float = Field(default=0.05, ge=0, le=1, description="per-class recall drop that refuses, "
+                                    "when significant and the class has min_class_support evaluation texts")
+    min_class_support: int = Field(default=20, ge=1, description="evaluation texts a class needs before its "
+                                   "recall drop can refuse a candidate")
+    baseline_floor: float = Field(default=0.05, ge=0, le=1, description="the first model's macro-F1 gain over "
+                                  "the majority-class baseline")
+    gate_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="two-sided bootstrap interval level")
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
+    bootstrap_seed: int = 0
+    eval_min_per_class: int = Field(default=10, ge=0, description="reviewed, never-trained texts a class's "
+                                    "evaluation set is topped up to (while its training texts stay at least as "
+                                    "many, and at least min_examples_per_label)")
     min_examples_per_label: int = Field(default=5, ge=1)
     eval_share: float = Field(default=0.2, gt=0, lt=1)
     epochs: int = Field(default=2, ge=1, le=50)

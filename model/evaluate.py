@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from model.calibration import expected_calibration_error
 from model.data import LabeledText
 from model.runtime import LoadedModel
 
@@ -54,6 +55,11 @@ class EvalReport(BaseModel):
     confusion: list[list[int]]  # rows: true label, columns: predicted label, in ``labels`` order
     model_version: str = ""
     reference: PredictionReference | None = None
+    ece: float | None = None  # expected calibration error of the probabilities as served (model/calibration.py)
+    # per row, indices into ``labels``: what a paired comparison of two models on the same rows needs
+    # (retrain's promotion gate); kept out of dumps, which stay a summary
+    y_true: list[int] = Field(default_factory=list, exclude=True)
+    y_pred: list[int] = Field(default_factory=list, exclude=True)
 
     def flat_metrics(self, prefix: str = "") -> dict[str, float]:
         """Scalar metrics for MLflow: accuracy, macro_f1, and f1/recall per label."""
@@ -84,6 +90,8 @@ def scores_from_predictions(labels: list[str], y_true: list[int], y_pred: list[i
         },
         confusion=cm.astype(int).tolist(),
         model_version=model_version,
+        y_true=[int(x) for x in y_true],
+        y_pred=[int(x) for x in y_pred],
     )
 
 
@@ -98,6 +106,7 @@ def evaluate(model: LoadedModel | str | Path, rows: list[LabeledText], **load_kw
     probs = model.predict_proba([r.text for r in rows])
     y_pred = probs.argmax(axis=1).tolist() if len(rows) else []
     report = scores_from_predictions(model.labels, [index[r.label] for r in rows], y_pred, model.version)
+    report.ece = expected_calibration_error(probs, np.asarray(report.y_true)) if len(rows) else None
     report.reference = prediction_reference(model.labels, [model.labels[i] for i in y_pred],
                                             probs.max(axis=1).tolist() if len(rows) else [])
     return report

@@ -2,8 +2,9 @@
 
 HF ``save_pretrained`` output of ``AutoModelForSequenceClassification`` + tokenizer, plus
 ``sift_model.json`` (labels in output order, base_model, max_length, classifier, metrics,
-dataset_fingerprint, params, parent). Reading the meta imports neither torch nor transformers, so
-the retrain stage can look at a champion without paying for them.
+dataset_fingerprint, params, parent, temperature and calibration: ``model/calibration.py``).
+Reading the meta imports neither torch nor transformers, so the retrain stage can look at a
+champion without paying for them.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Plain torch rather than ``transformers.Trainer``: fewer moving parts on a 2-core CPU box, exact
 control of the time budget, and no accelerate dependency. One ``TrainSpec`` says what to train;
-``fine_tune`` is ``prepare`` (load, tokenise, optimiser) -> ``train_loop`` -> ``save`` (the model
-directory of ``model/format.py``, which ``model.runtime.LoadedModel`` reads).
+``fine_tune`` is ``prepare`` (load, tokenise, optimiser) -> ``train_loop`` -> ``calibrate`` (temperature
+on the held-out rows, ``model/calibration.py``) -> ``save`` (the model directory of ``model/format.py``,
+which ``model.runtime.LoadedModel`` reads).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.calibration import Calibration, fit_temperature, softmax
 from model.data import LabeledText, fingerprint, label_counts
-from model.evaluate import EvalReport, evaluate
+from model.evaluate import EvalReport, evaluate, prediction_reference
 from model.format import read_meta, save_model_dir
 from model.runtime import LoadedModel
 
@@ -106,6 +108,7 @@ class TrainResult(BaseModel):
     train_examples: int
     dataset_fingerprint: str
     eval_report: EvalReport | None = None
+    calibration: Calibration | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -206,6 +209,7 @@ class LoopOutcome:
     history: list[EpochRecord] = field(default_factory=list)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
     eval_report: EvalReport | None = None
+    calibration: Calibration | None = None
 
 
 def prepare(spec: TrainSpec, rows: list[LabeledText], eval_rows: list[LabeledText] | None = None) -> Prepared:
@@ -300,6 +304,25 @@ def train_loop(prep: Prepared, eval_rows: list[LabeledText] | None = None, *, pr
     return out
 
 
+def calibrate(prep: Prepared, out: LoopOutcome, eval_rows: list[LabeledText] | None) -> LoopOutcome:
+    """Fit the temperature on the held-out rows (none: T = 1). It changes no prediction, so the held-out
+    scores stand; ``out.calibration`` records ECE before and after on the rows it was fitted on."""
+    if not eval_rows:
+        return out
+    spec = prep.spec
+    runtime = LoadedModel(prep.model, prep.tokenizer, spec.labels, version="training", max_length=spec.max_length)
+    prep.model.eval()
+    index = {label: i for i, label in enumerate(spec.labels)}
+    logits = runtime.predict_logits([r.text for r in eval_rows])
+    out.calibration = fit_temperature(logits, np.asarray([index[r.label] for r in eval_rows]))
+    if out.eval_report is not None:  # what serving will answer: the drift reference must see the same
+        probs = softmax(logits, out.calibration.temperature)
+        out.eval_report.ece = out.calibration.ece_after
+        out.eval_report.reference = prediction_reference(
+            spec.labels, [spec.labels[i] for i in probs.argmax(axis=1)], probs.max(axis=1).tolist())
+    return out
+
+
 def save(prep: Prepared, out: LoopOutcome, rows: list[LabeledText], out_dir: str | Path) -> TrainResult:
     """Write the model directory (device-neutral, meta with metrics and lineage) and describe the training."""
     spec, model = prep.spec, prep.model
@@ -315,6 +338,9 @@ def save(prep: Prepared, out: LoopOutcome, rows: list[LabeledText], out_dir: str
     if out.eval_report is not None:
         metrics.update(out.eval_report.flat_metrics())
         metrics["eval_examples"] = float(out.eval_report.n)
+    if out.calibration is not None:
+        metrics.update(temperature=out.calibration.temperature, ece_before=out.calibration.ece_before,
+                       ece_after=out.calibration.ece_after)
     fp = fingerprint(rows)
     params = {
         **spec.model_dump(exclude={"labels", "base_model", "classifier", "num_threads"}),
@@ -328,6 +354,8 @@ def save(prep: Prepared, out: LoopOutcome, rows: list[LabeledText], out_dir: str
         "labels": spec.labels, "base_model": prep.base_model, "max_length": spec.max_length,
         "classifier": spec.classifier, "metrics": metrics, "dataset_fingerprint": fp,
         "label_counts": label_counts(rows), "params": params,
+        "temperature": out.calibration.temperature if out.calibration else 1.0,
+        "calibration": out.calibration.model_dump() if out.calibration else None,
         "parent": {"base_model": parent.get("base_model"), "dataset_fingerprint": parent.get("dataset_fingerprint")}
         if parent else None,
     })
@@ -335,7 +363,8 @@ def save(prep: Prepared, out: LoopOutcome, rows: list[LabeledText], out_dir: str
         model_dir=str(path), labels=spec.labels, base_model=prep.base_model, metrics=metrics, history=out.history,
         loss_curve=out.loss_curve, seconds=round(seconds, 3), steps=out.steps,
         epochs_completed=metrics["epochs_completed"], stopped_by_time_budget=out.stopped_by_time_budget,
-        train_examples=len(rows), dataset_fingerprint=fp, eval_report=out.eval_report, params=params,
+        train_examples=len(rows), dataset_fingerprint=fp, eval_report=out.eval_report,
+        calibration=out.calibration, params=params,
     )
 
 
@@ -345,7 +374,8 @@ def fine_tune(rows: list[LabeledText], spec: TrainSpec, *, out_dir: str | Path,
     """Train ``spec`` on ``rows`` and save to ``out_dir``; a time-boxed run still evaluates and saves
     what it has. ``eval_rows`` are scored after every epoch (``on_epoch`` sees each record)."""
     prep = prepare(spec, rows, eval_rows)
-    return save(prep, train_loop(prep, eval_rows, progress=progress, on_epoch=on_epoch), rows, out_dir)
+    out = calibrate(prep, train_loop(prep, eval_rows, progress=progress, on_epoch=on_epoch), eval_rows)
+    return save(prep, out, rows, out_dir)
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[Any]:

@@ -7,6 +7,15 @@ Rules, and why:
   normalised form falls under ``eval_share``, and once held out it stays held out (the member
   hashes are stored), so every version is scored on the same ground and the set only grows with
   its share of new reviews. Hashing the normalised text puts near-duplicates on the same side;
+- it is *stratified with a minimum per class*: a class with fewer than ``eval_min_per_class``
+  evaluation texts gets reviewed texts that no model was trained on moved in (lowest hash first),
+  while its training texts stay at least as many and at least ``min_examples_per_label``; the
+  promotion gate needs support per class (``retrain/bless.py``), and the hash share alone gave
+  rare classes 0-2 evaluation texts;
+- *never trained on*: every text a dataset version trains on is recorded (``trained``, 16-hex hash
+  prefixes, beside the members), and such a text never enters the evaluation set, also when
+  ``eval_share`` changes later. A members file from before this record exists gets no top-up once
+  (which reviewed texts the champion saw is unknown), then records;
 - every assembly writes a dataset version (fingerprints, counts per label, its rows) to the
   object store, which runs link to by fingerprint.
 
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -102,8 +112,62 @@ def _jsonl(rows: list[LabeledText]) -> bytes:
     return "".join(json.dumps({"text": r.text, "label": r.label}, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
+TRAINED_HASH_CHARS = 16  # 64 bits: a compact record of every trained text, collisions negligible
+
+
+class Membership(BaseModel):
+    """``datasets/<c>/eval/members.json``: the evaluation set and what has been trained on."""
+
+    members: set[str] = Field(default_factory=set)
+    trained: set[str] = Field(default_factory=set)
+    known_trained: bool = Field(default=True, description="False for a file written before ``trained`` was kept")
+
+    def to_json(self, classifier: str) -> dict:
+        return {"classifier": classifier, "members": sorted(self.members), "trained": sorted(self.trained)}
+
+
+def load_membership(store: ObjectStore, classifier: str) -> Membership:
+    data = store.get_json(paths.eval_members(classifier))
+    if data is None:
+        return Membership()
+    return Membership(members=set(data.get("members", [])), trained=set(data.get("trained", [])),
+                      known_trained="trained" in data)
+
+
 def load_members(store: ObjectStore, classifier: str) -> set[str]:
-    return set((store.get_json(paths.eval_members(classifier)) or {}).get("members", []))
+    return load_membership(store, classifier).members
+
+
+def split_rows(classifier: str, resolved: dict[str, str], reviewed: set[str], seen: Membership, *,
+               eval_share: float, eval_min_per_class: int, min_train: int) -> tuple[list[LabeledText],
+                                                                                   list[LabeledText], Membership]:
+    """(train, eval, membership after this split) of ``resolved`` (text -> label) by the module's rules.
+
+    ``reviewed``: texts that only reviews brought (seed texts trained the first model: never topped up)."""
+    after = Membership(members=set(seen.members), trained=set(seen.trained))
+    hashes = {text: text_hash(classifier, text) for text in resolved}
+    twins = Counter(hashes.values())  # texts equal up to case and spacing move together or not at all
+    held: dict[str, list[str]] = {}
+    train: dict[str, list[str]] = {}
+    for text, label in resolved.items():
+        h = hashes[text]
+        to_eval = h in seen.members or (h[:TRAINED_HASH_CHARS] not in seen.trained and in_eval_bucket(h, eval_share))
+        (held if to_eval else train).setdefault(label, []).append(text)
+    if seen.known_trained and eval_min_per_class:
+        for label in sorted(set(held) | set(train)):
+            have, pool = held.setdefault(label, []), train.get(label, [])
+            fresh = sorted((t for t in pool if t in reviewed and twins[hashes[t]] == 1
+                            and hashes[t][:TRAINED_HASH_CHARS] not in seen.trained), key=lambda t: hashes[t])
+            for text in fresh:
+                if len(have) >= eval_min_per_class or len(pool) - 1 < max(len(have) + 1, min_train):
+                    break
+                pool.remove(text)
+                have.append(text)
+    held_rows = sorted((LabeledText(text=t, label=lb) for lb, ts in held.items() for t in ts), key=lambda r: r.text)
+    train_rows = sorted((LabeledText(text=t, label=lb) for lb, ts in train.items() for t in ts), key=lambda r: r.text)
+    after.members |= {hashes[r.text] for r in held_rows}
+    after.trained |= {hashes[r.text][:TRAINED_HASH_CHARS] for r in train_rows}
+    return train_rows, held_rows, after
 
 
 def assemble(store: ObjectStore, cfg: ClassifierConfig, *, save: bool = True) -> AssembledDataset:
@@ -127,21 +191,13 @@ def assemble(store: ObjectStore, cfg: ClassifierConfig, *, save: bool = True) ->
     conflicts = [Conflict(text=t, labels=sorted(ls)) for t, ls in seed_labels.items() if len(ls) > 1]
     conflicted = {x.text for x in conflicts}
 
-    members = load_members(store, c)
-    before = len(members)
-    train: list[LabeledText] = []
-    held: list[LabeledText] = []
-    for text, label in resolved.items():
-        if text in conflicted:
-            continue
-        h = text_hash(c, text)
-        if h in members or in_eval_bucket(h, cfg.retrain.eval_share):
-            members.add(h)
-            held.append(LabeledText(text=text, label=label))
-        else:
-            train.append(LabeledText(text=text, label=label))
-    train.sort(key=lambda r: r.text)
-    held.sort(key=lambda r: r.text)
+    seen = load_membership(store, c)
+    for text in conflicted:
+        resolved.pop(text, None)
+    train, held, after = split_rows(c, resolved, {rec.text for rec in reviewed} - seed_texts, seen,
+                                    eval_share=cfg.retrain.eval_share,
+                                    eval_min_per_class=cfg.retrain.eval_min_per_class,
+                                    min_train=cfg.retrain.min_examples_per_label)
 
     train_fp, eval_fp = fingerprint(train), fingerprint(held)
     version_id = hashlib.sha256(f"{train_fp}:{eval_fp}".encode()).hexdigest()[:16]
@@ -154,8 +210,8 @@ def assemble(store: ObjectStore, cfg: ClassifierConfig, *, save: bool = True) ->
         train_key=prefix + "train.jsonl", eval_key=prefix + "eval.jsonl",
     )
     if save:
-        if len(members) != before:
-            store.put_json(paths.eval_members(c), {"classifier": c, "members": sorted(members)})
+        if after.members != seen.members or after.trained != seen.trained or not seen.known_trained:
+            store.put_json(paths.eval_members(c), after.to_json(c))
         if not store.exists(prefix + "version.json"):
             store.put_bytes(version.train_key, _jsonl(train), "application/x-ndjson")
             store.put_bytes(version.eval_key, _jsonl(held), "application/x-ndjson")

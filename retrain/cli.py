@@ -102,7 +102,8 @@ def models_report(
         _fail(f"no version {version} of classifier {name!r}: {exc.message}")
     s = rep.summary
     typer.echo(f"{name} v{s.version}  aliases: {', '.join(s.aliases) or '-'}  candidate: {s.candidate or '-'}")
-    keys = ("accuracy", "macro_f1", "bless.accuracy", "bless.macro_f1", "bless.champion_macro_f1", "train_seconds")
+    keys = ("accuracy", "macro_f1", "bless.accuracy", "bless.macro_f1", "bless.champion_macro_f1", "temperature",
+            "ece_before", "ece_after", "train_seconds")
     for k in keys:
         if k in rep.metrics:
             typer.echo(f"  {k:<26}{rep.metrics[k]:.4f}")

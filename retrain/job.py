@@ -256,11 +256,12 @@ class RetrainJob:
                                 cfg, alert_stage="train")
 
         with self.phase("evaluate"):
-            reports = {name: evaluate(model_dir, ds.eval) for name, model_dir in trained.items()}
+            scored_as = {"long_text": self.settings.long_text_strategy}  # the window serving uses
+            reports = {name: evaluate(model_dir, ds.eval, **scored_as) for name, model_dir in trained.items()}
             champ_report: EvalReport | None = None
             if champ_dir:
                 try:
-                    champ_report = evaluate(champ_dir, ds.eval)
+                    champ_report = evaluate(champ_dir, ds.eval, **scored_as)
                     r.champion_macro_f1 = champ_report.macro_f1
                 except ValueError as exc:  # the label set changed: the champion cannot be scored on it
                     log.warning("champion v%s cannot be scored on the eval set: %s", r.champion_before, exc)

@@ -5,7 +5,7 @@ Layout per classifier ``c``::
     datasets/<c>/seed/<fingerprint>.jsonl        seed rows given to ``sift train`` (immutable)
     datasets/<c>/seed/manifest.json              seed files in the order they were stored
     datasets/<c>/reviewed/*.jsonl                reviewed labels (written by the review stage)
-    datasets/<c>/eval/members.json               the fixed evaluation set (text hashes; only grows)
+    datasets/<c>/eval/members.json               the fixed evaluation set (text hashes; only grows) + trained texts
     datasets/<c>/versions/<fp>/version.json      a dataset version: fingerprints, counts per label
     datasets/<c>/versions/<fp>/{train,eval}.jsonl  its rows, so any run can be reproduced
     retrain/<c>/trigger.json                     durable counter of new reviewed labels

@@ -1,4 +1,4 @@
-"""Training reports: confusion matrix and learning-curve PNGs plus a markdown/JSON summary.
+"""Training reports: confusion matrix, learning-curve and reliability PNGs plus a markdown/JSON summary.
 
 Written next to every training run and logged to MLflow under ``report/``, so a reviewer can see
 why a candidate was (not) promoted without re-running anything.
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model.calibration import Calibration
 from model.evaluate import EvalReport
 from model.train import EpochRecord, TrainResult
 
@@ -92,6 +93,30 @@ def plot_learning_curve(history: Sequence[EpochRecord], path: str | Path, *,
     return path
 
 
+def plot_reliability(cal: Calibration, path: str | Path) -> Path:
+    """Reliability diagram: accuracy per confidence bin before and after temperature scaling
+    (on the diagonal = the confidence reads as a probability); marker area ~ rows in the bin."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
+    for points, style, name in ((cal.reliability_before, "o--", f"raw softmax (ECE {cal.ece_before:.3f})"),
+                                (cal.reliability_after, "s-", f"T = {cal.temperature:.2f} (ECE {cal.ece_after:.3f})")):
+        if points:
+            ax.plot([c for c, _, _ in points], [a for _, a, _ in points], style, label=name)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability on {cal.n} held-out texts")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else str(v)
 
@@ -111,6 +136,8 @@ def summary(result: TrainResult, report: EvalReport | None = None, extra: dict[s
         "params": result.params,
         "history": [h.model_dump() for h in result.history],
         "eval": report.model_dump() if report else None,
+        "calibration": result.calibration.model_dump(exclude={"reliability_before", "reliability_after"})
+        if result.calibration else None,
         **(extra or {}),
     }
 
@@ -127,6 +154,12 @@ def summary_markdown(data: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         for label, s in ev["per_class"].items():
             lines.append(f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |")
+    cal = data.get("calibration")
+    if cal:
+        lines += ["", f"Calibration (temperature scaling on the {cal['n']} held-out texts): T = "
+                      f"**{cal['temperature']:.3f}**, expected calibration error {cal['ece_before']:.4f} -> "
+                      f"**{cal['ece_after']:.4f}**, NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f} "
+                      "(`reliability.png`)."]
     if data.get("history"):
         lines += ["", "| epoch | step | seconds | train loss | accuracy | macro-F1 |", "|---|---|---|---|---|---|"]
         for h in data["history"]:
@@ -137,7 +170,8 @@ def summary_markdown(data: dict[str, Any]) -> str:
 
 def write_report(out_dir: str | Path, result: TrainResult, report: EvalReport | None = None, *,
                  label_curve: Sequence[tuple[int, float]] = (), extra: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``confusion.png`` (when there is an evaluation), ``learning_curve.png``, ``summary.md/json``."""
+    """Write ``confusion.png`` (when there is an evaluation), ``learning_curve.png``, ``reliability.png``
+    (when calibrated), ``summary.md/json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = report or result.eval_report
@@ -146,6 +180,8 @@ def write_report(out_dir: str | Path, result: TrainResult, report: EvalReport | 
         written.append(plot_confusion(report, out / "confusion.png"))
     written.append(plot_learning_curve(result.history, out / "learning_curve.png", loss_curve=result.loss_curve,
                                        label_curve=label_curve))
+    if result.calibration is not None:
+        written.append(plot_reliability(result.calibration, out / "reliability.png"))
     data = summary(result, report, extra)
     (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
     (out / "summary.md").write_text(summary_markdown(data))

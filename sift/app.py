@@ -66,6 +66,7 @@ def build_services(settings: Settings, *, engine: ServingEngine | None = None,
         torch_threads=settings.torch_threads,
         quantize=settings.quantize,
         runtime=settings.serving_runtime,
+        long_text=settings.long_text_strategy,
     )
     _engine(services).on_load_failure = load_failure_alert(services, settings)
     services.predictions = PredictionStore(services.store)

@@ -31,6 +31,13 @@ TINY_EXAMPLES = {
     "weather": "heavy rain and strong winds are expected tomorrow with snow overnight",
 }
 
+FILLER = "the committee met on tuesday to go through the agenda and the minutes of the last meeting. "
+
+
+def document(ending: str, chars: int = 60_000) -> str:
+    """``chars`` characters of topic-free filler, then ``ending``: the topic sits only at the end."""
+    return (FILLER * (chars // len(FILLER) + 1))[:chars - len(ending) - 1] + " " + ending
+
 
 def topic_rows(n_per_label: int, seed: int = 0) -> list[LabeledText]:
     """Template sentences per topic; different seeds give (mostly) different sentences."""

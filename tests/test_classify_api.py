@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from infra.objectstore import ObjectStore
 from infra.tenants import ClassifierConfig, TenantStore
 from sift.app import create_app
-from tests.model_fixtures import register_champion
+from tests.model_fixtures import document, register_champion
 
 
 @pytest.fixture
@@ -90,11 +90,27 @@ def test_bad_input(served, body, status, message):
 def test_limits_and_malformed_json(served):
     c, name, s = served["client"], served["name"], served["settings"]
     r = c.post(url(name), json={"text": "x" * (s.max_text_chars + 1)})
-    assert r.status_code == 413 and f"the limit is {s.max_text_chars}" in r.json()["detail"]
+    assert r.status_code == 413 and r.json()["detail"] == (
+        f"text has {s.max_text_chars + 1} characters; the limit is {s.max_text_chars} (SIFT_MAX_TEXT_CHARS)")
     r = c.post(url(name), json={"texts": ["a text"] * (s.max_batch_texts + 1)})
-    assert r.status_code == 413 and f"the limit is {s.max_batch_texts}" in r.json()["detail"]
+    assert r.status_code == 413 and f"the limit is {s.max_batch_texts} (SIFT_MAX_BATCH_TEXTS)" in r.json()["detail"]
     r = c.post(url(name), content=b'{"text": "unterminated', headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["detail"] == "malformed JSON body"
+
+
+def test_a_maximum_size_document_is_classified_by_its_end_and_stored_whole(served, tiny_examples):
+    """A text of SIFT_MAX_TEXT_CHARS characters whose topic sits only in its last sentence: the served
+    head_tail window finds it, and the stored prediction (what feedback and review read) keeps all of it."""
+    c, name, s = served["client"], served["name"], served["settings"]
+    doc = document(tiny_examples["weather"], s.max_text_chars)
+    assert len(doc) == s.max_text_chars
+    r = c.post(url(name), json={"text": doc})
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    assert res["label"] == "weather", res
+    predictions = c.app.state.services.predictions
+    assert predictions.flush()
+    assert predictions.get(name, res["prediction_id"]).text == doc
 
 
 def test_no_model_is_503(served):

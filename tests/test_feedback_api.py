@@ -119,7 +119,7 @@ def test_idempotency_key_gives_the_same_event_id(ctx: Ctx) -> None:
         ({"text": "x", "verdict": "like"}, 422, "send a prediction_id, or the text and the label it got"),
         ({"text": "x", "label": "tech", "verdict": "like", "correct_label": "sports"}, 422, "a 'like' confirms"),
         ({"text": "   ", "label": "tech", "verdict": "like"}, 422, "text is empty"),
-        ({"text": "x" * 10_001, "label": "tech", "verdict": "like"}, 413, "the limit is 10000"),
+        ({"text": "x" * 100_001, "label": "tech", "verdict": "like"}, 413, "the limit is 100000"),
         ({"text": "x", "label": "tech", "verdict": "like", "comment": "c" * 2001}, 422, "comment"),
     ],
 )

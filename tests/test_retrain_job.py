@@ -141,7 +141,8 @@ def test_the_operator_sees_the_job_in_models_list_and_report(promoted: PromotedJ
     if selected.name == "warm":
         assert f"parent version:  {champion}" in out.output
     pngs = [line.strip() for line in out.output.splitlines() if line.strip().endswith(".png")]
-    assert {Path(p).name for p in pngs} == {"confusion.png", "learning_curve.png"}
+    assert {Path(p).name for p in pngs} == {"confusion.png", "learning_curve.png", "reliability.png"}
+    assert "temperature" in out.output and "ece_after" in out.output  # calibration, as the report shows it
     assert all(Path(p).stat().st_size > 1000 for p in pngs)
 
 

@@ -1,4 +1,5 @@
-"""Pure parts of the retrain stage: cron matching, the blessing gate, validation checks, eval membership."""
+"""Pure parts of the retrain stage: cron matching, validation checks, eval membership (the gate:
+``test_promotion_gate.py``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.tenants import RetrainPolicy
-from model.evaluate import scores_from_predictions
+from infra.texts import text_hash
 from retrain.assemble import AssembledDataset, Conflict, DatasetVersion, split_for_training
-from retrain.bless import judge
 from retrain.dataio import LabeledText
 from retrain.triggers import Cron, CronError, schedule_due
 from retrain.validate import validate
@@ -30,26 +30,6 @@ def test_cron_and_aliases():
     for bad in ("every day", "61 * * * *", "* * * *", "*/0 * * * *"):
         with pytest.raises(CronError):
             Cron.parse(bad)
-
-
-def _report(y_true, y_pred):
-    return scores_from_predictions(LABELS, y_true, y_pred)
-
-
-def test_blessing_gate():
-    champ = _report([0, 0, 1, 1], [0, 0, 1, 0])
-    better = _report([0, 0, 1, 1], [0, 0, 1, 1])
-    policy = RetrainPolicy(promotion_margin=0.05, recall_tolerance=0.0)
-    assert judge(better, None, policy)[0] is True
-    ok, reason, drops = judge(better, champ, policy)
-    assert ok and drops == {"a": 0.0, "b": -0.5}
-    ok, reason, _ = judge(better, champ, RetrainPolicy(promotion_margin=0.5))
-    assert not ok and "below the promotion margin" in reason
-    # better macro-F1 but class a loses recall
-    trade = _report([0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1])
-    base = _report([0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1, 1])
-    ok, reason, _ = judge(trade, base, RetrainPolicy(promotion_margin=0.0, recall_tolerance=0.1))
-    assert not ok and "recall drops beyond the tolerance" in reason and "a -0.2500" in reason
 
 
 def _ds(train, held, conflicts=()):
@@ -98,3 +78,53 @@ def test_eval_membership_is_deterministic_and_fixed():
     # a larger share later keeps every earlier member held out (the set only grows)
     _, held_bigger = split_for_training("clf", data, 0.3)
     assert {r.text for r in held} <= {r.text for r in held_bigger}
+
+
+def _split(resolved, reviewed, seen, **kw):
+    from retrain.assemble import split_rows
+
+    return split_rows("clf", resolved, reviewed, seen, **{"eval_share": 0.2, "eval_min_per_class": 10,
+                                                          "min_train": 5, **kw})
+
+
+def test_eval_set_is_topped_up_per_class_with_reviewed_texts_never_trained_on():
+    from retrain.assemble import TRAINED_HASH_CHARS, Membership
+
+    seed = {r.text: r.label for r in rows("a", 100) + rows("rare", 8)}
+    review = {r.text: r.label for r in rows("rare", 30, "reviewed ")}
+    resolved = {**seed, **review}
+    train, held, after = _split(resolved, set(review), Membership())
+    held_by = {lb: [r.text for r in held if r.label == lb] for lb in ("a", "rare")}
+    train_by = {lb: [r.text for r in train if r.label == lb] for lb in ("a", "rare")}
+    assert len(held_by["rare"]) == 10  # 8 seed + 30 reviewed: the 20 % share alone gives it fewer
+    assert len(held_by["a"]) >= 10 and all(in_bucket(t) for t in held_by["a"])  # "a" has enough: untouched
+    topped = [t for t in held_by["rare"] if t in review and not in_bucket(t)]
+    assert topped and all(t in review for t in topped)  # only reviewed texts are moved, never the seed
+    assert not set(held_by["rare"]) & set(train_by["rare"]) and len(train) + len(held) == len(resolved)
+    assert {text_hash("clf", t)[:TRAINED_HASH_CHARS] for t in train_by["rare"]} <= after.trained
+
+    # the next assembly keeps every member held out and moves no text a model has trained on
+    more = {r.text: r.label for r in rows("rare", 10, "later ")}
+    _, held2, after2 = _split({**resolved, **more}, set(review) | set(more), after, eval_min_per_class=20)
+    held2_texts = {r.text for r in held2}
+    assert set(held_by["rare"]) <= held2_texts and after.members <= after2.members
+    assert not held2_texts & set(train_by["rare"])
+    assert {t for t in held2_texts if t in more} == {t for t in more if t in held2_texts}  # new ones may join
+    assert len([r for r in held2 if r.label == "rare"]) > 10
+
+
+def test_top_up_keeps_enough_training_texts_and_skips_old_membership_files():
+    from retrain.assemble import Membership
+
+    review = {r.text: r.label for r in rows("rare", 9, "reviewed ")}
+    train, held, _ = _split(review, set(review), Membership(), eval_share=0.0001)
+    assert len([r for r in train if r.label == "rare"]) >= 5 and len(held) <= 4
+    # a members file from before "trained" was recorded: which reviewed texts were trained on is unknown
+    _, held_legacy, after = _split(review, set(review), Membership(known_trained=False), eval_share=0.0001)
+    assert held_legacy == [] and after.trained and after.known_trained
+
+
+def in_bucket(text: str) -> bool:
+    from retrain.assemble import in_eval_bucket
+
+    return in_eval_bucket(text_hash("clf", text), 0.2)

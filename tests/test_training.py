@@ -151,7 +151,7 @@ def test_tiny_fine_tune_learns_separable_topics(tiny_train_result, tiny_model_di
 def test_report_files(tmp_path, tiny_train_result):
     written = write_report(tmp_path, tiny_train_result, label_curve=[(25, 0.5), (50, 0.8), (75, 0.9)])
     names = {p.name for p in written}
-    assert names == {"confusion.png", "learning_curve.png", "summary.json", "summary.md"}
+    assert names == {"confusion.png", "learning_curve.png", "reliability.png", "summary.json", "summary.md"}
     for p in written:
         assert p.stat().st_size > 0
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
