@@ -36,6 +36,7 @@ def noisy(tmp_path_factory: pytest.TempPathFactory):
                      eval_rows=topic_rows(15, seed=2), progress=False)
 
 
+@pytest.mark.integration  # trains a noisy model of its own (~20 s): kept out of the fast lane
 def test_training_fits_a_temperature_and_records_it(noisy, tmp_path):
     cal = noisy.calibration
     assert cal is not None and cal.n == 45 and cal.temperature != 1.0
@@ -54,6 +55,7 @@ def test_training_fits_a_temperature_and_records_it(noisy, tmp_path):
         tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.integration  # trains a noisy model of its own (~20 s): kept out of the fast lane
 def test_a_fitted_temperature_lowers_ece_on_held_out_texts(noisy):
     """T fitted at training (45 held-out texts) measured on 150 texts the model never saw; and the
     same for an overconfident model (the logits x4, as a sharper head would give)."""
