@@ -59,32 +59,38 @@ class Watchdog:
         """One pass over every classifier; returns the alerts raised."""
         now = now or datetime.now(UTC)
         try:
-            open_letters = self.dead_letters.entries()
+            open_letters: list[DeadLetterEntry] | None = self.dead_letters.entries()
         except Exception:
             log.exception("could not read the dead-letter topic")
-            open_letters = []
+            open_letters = None
         raised: list[Alert] = []
         for cfg in self.tenants.list():
+            mine = None if open_letters is None else [e for e in open_letters if e.classifier == cfg.name]
             try:
-                raised += self.check(cfg, [e for e in open_letters if e.classifier == cfg.name], now)
+                raised += self.check(cfg, mine, now)
             except Exception:
                 log.exception("watchdog check of %s failed", cfg.name)
         return raised
 
-    def check(self, cfg: ClassifierConfig, open_letters: list[DeadLetterEntry], now: datetime) -> list[Alert]:
-        state = AlertState.model_validate(self.store.get_json(state_key(cfg.name)) or {})
+    def check(self, cfg: ClassifierConfig, open_letters: list[DeadLetterEntry] | None,
+              now: datetime) -> list[Alert]:
+        """``open_letters`` None: the topic could not be read, so what was already told stays as it is."""
+        stored = AlertState.model_validate(self.store.get_json(state_key(cfg.name)) or {})
+        state = stored.model_copy(deep=True)
         raised: list[Alert] = []
-        new = [e for e in open_letters if e.id not in set(state.dead_letter_ids)]
+        letters = open_letters if open_letters is not None else []
+        told = set(state.dead_letter_ids)
+        new = [e for e in letters if e.id not in told]
         if new:
             reasons = sorted({e.reason for e in new})
             raised.append(Alert(
                 kind="dead_letters", classifier=cfg.name, source="sift-ops",
-                message=f"{len(new)} new dead letter(s) ({', '.join(reasons)}), {len(open_letters)} open; "
+                message=f"{len(new)} new dead letter(s) ({', '.join(reasons)}), {len(letters)} open; "
                         f"see `sift dlq list --classifier {cfg.name}`",
-                details={"new": len(new), "open": len(open_letters), "reasons": reasons,
+                details={"new": len(new), "open": len(letters), "reasons": reasons,
                          "topics": sorted({e.original_topic for e in new}), "ids": [e.id for e in new][:20]}))
-        # only open ones are remembered: a replayed or purged letter leaves the state with it
-        state.dead_letter_ids = [e.id for e in open_letters]
+        if open_letters is not None:  # only open ones are remembered: a replayed or purged letter leaves with it
+            state.dead_letter_ids = [e.id for e in open_letters]
         for job in self.running_jobs(cfg.name) if self.running_jobs else []:
             running_s = (now - job.started_at).total_seconds()
             if running_s > self.settings.retrain_stuck_after_seconds and job.job_id not in state.stuck_jobs:
@@ -99,5 +105,6 @@ class Watchdog:
         for alert in raised:
             send_alert(alert, classifier_url=cfg.retrain.alert_webhook_url,
                        operator_url=self.settings.alert_webhook_url)
-        self.store.put_json(state_key(cfg.name), state.model_dump(mode="json"))
+        if state != stored:  # a quiet pass writes nothing
+            self.store.put_json(state_key(cfg.name), state.model_dump(mode="json"))
         return raised

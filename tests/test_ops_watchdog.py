@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from infra.events import TOPIC_DEAD_LETTER, DeadLetter
+from infra.local.procs import free_port
 from infra.objectstore import ObjectStore
 from infra.publisher import EventPublisher
 from infra.settings import Settings
@@ -56,6 +57,10 @@ def test_dead_letter_growth_and_a_stuck_job_alert_once_each(own_bucket_settings:
         assert "sift dlq list" in team.of("dead_letters")[0]["text"]
 
         assert watchdog().check_all() == []  # nothing new: no second alert
+        # a pass that cannot read the topic (broker unreachable) forgets nothing it told
+        down = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+        assert Watchdog(settings, store, dead_letters=DeadLetters(down, store)).check_all() == []
+        assert watchdog().check_all() == []
         _dead_letter(settings, name, 1)
         assert wait_until(lambda: len(dlq.entries(classifier=name)) == 3, 30)
         [again] = watchdog().check_all()
