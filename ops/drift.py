@@ -69,13 +69,7 @@ class Drift:
         self.settings = settings
         self.store = store
         self.tenants = TenantStore(store)
-        self._registry = registry
-
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = Registry(self.settings)
-        return self._registry
+        self.registry = registry if registry is not None else Registry(settings)  # every pass reads it
 
     def reference(self, classifier: str, run_id: str | None) -> PredictionReference | None:
         """The reference logged with a version's training run (None for versions trained without one)."""

@@ -80,15 +80,9 @@ class Retention:
         self.settings = settings
         self.store = store
         self.tenants = TenantStore(store)
-        self._registry = registry
+        self.registry = registry if registry is not None else Registry(settings)  # every pass reads it
         self.cache_dir = cache_dir or settings.model_cache_dir
         self.task_pruner = task_pruner
-
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = Registry(self.settings)
-        return self._registry
 
     def run(self, now: datetime | None = None, *, classifier: str | None = None, dry_run: bool = False) -> GcReport:
         """One retention pass over every classifier (or one; shared prediction segments only in a full pass)."""
