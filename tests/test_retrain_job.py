@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from infra.settings import Settings
 from retrain import paths
 from retrain.bless import load_verdict
 from retrain.job import JobRecord, load_job, run_retrain_job
+from tests.alert_hook import AlertHook
 from tests.model_fixtures import topic_rows
 from tests.retrain_helpers import FAST_OPTIONS, reviewed, seed_classifier, weak_model_dir, write_reviewed
 from tests.services import KafkaService, MlflowService, S3Service, exported, service_settings
@@ -167,31 +166,14 @@ def test_candidate_below_margin_is_not_promoted_and_reason_recorded(sift_setting
     assert stored is not None and stored.reason == v.reason
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["content-length"]))
-        _Hook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def _failures(classifier: str, stage: str) -> float:
     return REGISTRY.get_sample_value("sift_retrain_failures_total", {"classifier": classifier, "stage": stage}) or 0
 
 
 def test_failing_data_check_stops_the_job_and_alerts(sift_settings, mlflow_server, tiny_model_dir, published):
-    from infra.local.procs import free_port
-
-    port = free_port()
-    server = http.server.HTTPServer(("127.0.0.1", port), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = AlertHook()
     cfg, _, champion = seed_classifier(sift_settings, tiny_model_dir, min_examples_per_label=40,
-                                       alert_webhook_url=f"http://127.0.0.1:{port}/alert")
+                                       alert_webhook_url=hook.url)
     events = reviewed(cfg.name, topic_rows(3, seed=5))
     events[0] = events[0].model_copy(update={"label": "politics"})
     write_reviewed(sift_settings, events)
@@ -200,7 +182,7 @@ def test_failing_data_check_stops_the_job_and_alerts(sift_settings, mlflow_serve
     try:
         record = run_retrain_job(sift_settings, cfg.name, FAST_OPTIONS, publish=published.append)
     finally:
-        server.shutdown()
+        hook.close()
 
     assert record.status == "data_rejected"
     failed = {c.name for c in record.validation.checks if not c.passed}
@@ -212,7 +194,7 @@ def test_failing_data_check_stops_the_job_and_alerts(sift_settings, mlflow_serve
     assert len(registry.versions(cfg.name)) == versions_before
     assert registry.champion(cfg.name).version == champion and published == []
     assert _failures(cfg.name, "validate") == 1
-    alerts = [a for a in _Hook.received if a["classifier"] == cfg.name]
+    alerts = [a for a in hook.bodies if a["classifier"] == cfg.name]
     assert [(a["kind"], a["details"]["stage"]) for a in alerts] == [("retrain_failed", "validate")]
     assert alerts[0]["text"].startswith(f"Sift retrain failed {cfg.name}: failed at validate")
     assert "the champion keeps serving" in record.reason
