@@ -79,9 +79,11 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
     warnings = [f"topic {settings.topic_prefix}{short} has {n} partition(s) < SIFT_KAFKA_PARTITIONS="
                 f"{settings.kafka_partitions}: at most {n} worker(s) of a kind share its work"
                 for short, n in topics.items() if n < settings.kafka_partitions]
-    # no spool folder: nothing was ever spooled on this host (opening one would create it)
-    spool = _try(errors, "spool", lambda: Spool(settings.spool_dir)) if settings.spool_dir.exists() else None
-    spool_events = (len(spool) if spool is not None else None) if settings.spool_dir.exists() else 0
+    if settings.spool_dir.exists():
+        spool = _try(errors, "spool", lambda: Spool(settings.spool_dir))
+        spool_events = len(spool) if spool is not None else None
+    else:  # nothing was ever spooled on this host (opening a spool would create one)
+        spool, spool_events = None, 0
     store = ObjectStore(settings)
     registry = Registry(settings)
     drift = Drift(settings, store, registry)
