@@ -53,6 +53,11 @@ class Bus:
     def topic(self, short: str) -> str:
         return self.settings.topic_prefix + short
 
+    def group(self, short: str) -> str:
+        """Consumer groups are namespaced like topics: two deployments (or tests) on one cluster
+        never share a group, so one's members never trigger the other's rebalances."""
+        return self.settings.topic_prefix + short
+
     def short(self, topic: str) -> str:
         prefix = self.settings.topic_prefix
         return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
@@ -134,7 +139,7 @@ class Bus:
         config: dict[str, Any] = dict(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=f"{self.client_id}-{group_id}",
-            group_id=group_id,
+            group_id=self.group(group_id),
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
             auto_offset_reset="earliest",
@@ -284,13 +289,14 @@ def run_consumer(
 
 
 def consumer_lag(settings: Settings, group_id: str, shorts: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:
-    """Records each partition's high watermark is ahead of ``group_id``'s committed offset ("topic:partition").
+    """Records each partition's high watermark is ahead of ``group_id``'s committed offset ("topic:partition");
+    ``group_id`` is the short name (``Bus.group`` adds the prefix).
 
     Reads the committed offsets without joining the group (no rebalance of the real consumers) and
     learns the high watermark from one fetch, since ``end_offsets`` is wrong on Tansu.
     """
     bus = Bus(settings, client_id="sift-lag")
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group_id,
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=bus.group(group_id),
                              client_id=f"sift-lag-{group_id}", enable_auto_commit=False,
                              max_partition_fetch_bytes=1024, fetch_max_bytes=1024)
     try:

@@ -1,6 +1,6 @@
 """``sift worker retrain``: count reviewed labels, run due retrain jobs one at a time.
 
-Three threads: the Kafka consumer (group ``sift-retrain``) counts each reviewed label durably
+Three threads: the Kafka consumer (group ``sift.retrain``) counts each reviewed label durably
 before its offset is committed and queues the classifier once its policy's ``min_new_labels`` is
 reached; a checker looks at schedules (and re-queues classifiers whose count is already due, which
 covers a crash between counting and running); the job thread runs queued jobs one after another,
@@ -29,7 +29,7 @@ from retrain.triggers import Triggers
 
 log = logging.getLogger(__name__)
 
-GROUP = "sift-retrain"
+GROUP = "retrain"  # short: the group is Bus.group(GROUP), "sift.retrain" by default
 
 
 class DueQueue:

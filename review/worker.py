@@ -26,7 +26,7 @@ from review.queue import ReviewQueue
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "sift-review"
+GROUP_ID = "review"  # short: the group is Bus.group(GROUP_ID), "sift.review" by default
 TICK_S = 5.0
 
 
@@ -85,7 +85,7 @@ def run_review_worker(settings: Settings, stop: threading.Event, *, tick_s: floa
     # kept across the per-tick restarts of the consumer loop: a fresh dict each tick reset the count
     # of a failing record before it reached max_attempts, so a poison request was retried forever
     attempts: dict[tuple[TopicPartition, int], int] = {}
-    log.info("review worker started (group %s)", GROUP_ID)
+    log.info("review worker started (group %s)", bus.group(GROUP_ID))
     owned_partitions: list[int] | None = None
     try:
         while not stop.is_set():

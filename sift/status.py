@@ -17,7 +17,7 @@ from infra.settings import Settings
 T = TypeVar("T")
 
 # consumer groups whose lag matters, with the topics they read
-GROUPS = {"sift-review": ["review-requests"], "sift-retrain": ["reviewed-labels"]}
+GROUPS = {"review": ["review-requests"], "retrain": ["reviewed-labels"]}  # short names
 
 
 class ClassifierStatus(BaseModel):
@@ -73,7 +73,8 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
 
     errors: list[str] = []
     processes = {name: _process_state(row) for name, row in LocalStack(settings).status().items()}
-    lag = {group: _try(errors, f"lag of {group}", lambda g=group, t=topics: consumer_lag(settings, g, t)) or {}
+    lag = {Bus(settings).group(group):
+           _try(errors, f"lag of {group}", lambda g=group, t=topics: consumer_lag(settings, g, t)) or {}
            for group, topics in GROUPS.items()}
     topics = _try(errors, "topics", lambda: Bus(settings, client_id="sift-status").topic_partitions()) or {}
     warnings = [f"topic {settings.topic_prefix}{short} has {n} partition(s) < SIFT_KAFKA_PARTITIONS="

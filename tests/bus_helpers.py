@@ -64,7 +64,8 @@ def read_topic(settings: Settings, short: str, *, expect: int | None = None,
 def committed_offset(settings: Settings, group: str, short: str) -> int:
     """The sum over a topic's partitions of a consumer group's committed offsets: every record before
     them was handled (the bus commits each record after its side effect)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=Bus(settings).group(group),
+                             enable_auto_commit=False)
     try:
         return sum(consumer.committed(tp) or 0 for tp in Bus(settings).partitions(consumer, short))
     finally:

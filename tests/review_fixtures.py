@@ -18,6 +18,7 @@ from infra.bus import Bus
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewedLabel, ReviewRequest
 from infra.http import Services
 from infra.local.procs import LOOPBACK, free_port
+from infra.objectstore import ObjectStore
 from infra.publisher import EventPublisher
 from infra.reviewed import load_reviewed
 from infra.settings import Settings
@@ -160,7 +161,10 @@ class ReviewEnv:
 
 @pytest.fixture(name="review_env")
 def review_env_fixture(sift_settings: Settings, label_studio: Any) -> Iterator[ReviewEnv]:
-    base = isolated(sift_settings)
+    # topics and a bucket of its own: another test's review worker (shared bucket, other prefix)
+    # would refill this test's classifiers, and the API would preload every champion in the bucket
+    base = isolated(sift_settings).model_copy(update={"bucket": f"{sift_settings.bucket}-{uuid.uuid4().hex[:10]}"})
+    ObjectStore(base).ensure_bucket()
     probe = ApiServer(base)  # reserve the port first: the webhook URL must name it
     settings = base.model_copy(update={"public_api_url": probe.url, "webhook_secret": uuid.uuid4().hex})
     probe.services.settings = settings

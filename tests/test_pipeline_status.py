@@ -31,7 +31,7 @@ def test_status_shows_lag_spool_and_each_classifier(sift_settings, mlflow_server
     spool = Spool(settings.spool_dir)
     spool.append([SpooledRecord(topic="t", key=None, value=b"{}", event_id=f"e{i}") for i in range(2)])
     spool.close()
-    lag = consumer_lag(settings, "sift-review", [TOPIC_REVIEW_REQUESTS])
+    lag = consumer_lag(settings, "review", [TOPIC_REVIEW_REQUESTS])
     topic = bus.topic(TOPIC_REVIEW_REQUESTS)
     assert set(lag) == {f"{topic}:{p}" for p in range(settings.kafka_partitions)}
     assert sorted(lag.values())[-1] == 3 == sum(lag.values())  # one classifier: all on its partition
@@ -41,7 +41,7 @@ def test_status_shows_lag_spool_and_each_classifier(sift_settings, mlflow_server
     result = CliRunner().invoke(app, ["status", "--json"])
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)  # warnings about other tests' classifiers go to stderr
-    assert sum(status["lag"]["sift-review"].values()) == 3
+    assert sum(status["lag"][Bus(settings).group("review")].values()) == 3
     assert status["topics"][TOPIC_REVIEW_REQUESTS] == settings.kafka_partitions and status["warnings"] == []
     assert status["spool_events"] == 2 and status["spool_oldest_age_s"] >= 0
     [row] = [c for c in status["classifiers"] if c["name"] == name]
