@@ -14,7 +14,7 @@ LABEL_STUDIO_VERSION ?= 1.23.2
 PYTEST_ARGS ?=
 
 .PHONY: up down status test test-fast test-integration test-deploy lint bench demo install install-labelstudio \
-	install-browser install-deploy clean
+	install-browser install-deploy install-cluster cluster clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ install-browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# the local cluster's load balancer and database (Debian packages): `make cluster`, tests/test_cluster.py
+install-cluster:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    haproxy postgresql >/dev/null; }
 
 # podman (rootful, runc), debootstrap for the image's base, Debian's docker-compose for `config`
 install-deploy: $(DEPLOY_VENV)/.installed
@@ -70,13 +77,18 @@ test-deploy: $(BIN)/.installed install-deploy
 up: install
 	$(BIN)/sift up
 
+# the production shape on this machine: 2 brokers and 3 API replicas behind HAProxy, 2 workers of a kind,
+# MLflow and Label Studio on PostgreSQL
+cluster: install install-cluster
+	$(BIN)/sift up --api-replicas 3 --workers 2 --brokers 2
+
 down:
 	$(BIN)/sift down
 
 status:
 	$(BIN)/sift status
 
-test: install install-browser lint
+test: install install-browser install-cluster lint
 	$(BIN)/python -m pytest --fast-lane -m "not deploy" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m "integration and not deploy" $(PYTEST_ARGS)
 	$(MAKE) test-deploy
@@ -85,7 +97,7 @@ test: install install-browser lint
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest --fast-lane -m "not deploy" $(PYTEST_ARGS)
 
-test-integration: install install-browser
+test-integration: install install-browser install-cluster
 	$(BIN)/python -m pytest -m "integration and not deploy" $(PYTEST_ARGS)
 
 # ruff, then the import contract of pyproject.toml's [tool.importlinter] (stage boundaries, torch only in model/)

@@ -203,12 +203,21 @@ def up(
     demo: bool = typer.Option(True, help="onboard the demo classifier and train its first model"),
     train_rows: int = typer.Option(800, help="texts for the demo's first model"),
     detach: bool = typer.Option(False, help="return once everything is up"),
+    api_replicas: int = typer.Option(1, min=1, max=16, help="API replicas behind HAProxy (more than 1: cluster)"),
+    workers: int = typer.Option(1, min=1, max=8, help="workers of each kind (more than 1: cluster)"),
+    brokers: int = typer.Option(1, min=1, max=8, help="Tansu brokers on one store, behind HAProxy"),
 ) -> None:
-    """Start the local stack (S3, Kafka, MLflow, Label Studio), the API and the workers."""
+    """Start the local stack (S3, Kafka, MLflow, Label Studio), the API and the workers.
+
+    With more than one of anything it runs the production shape on this machine: PostgreSQL under
+    MLflow and Label Studio, HAProxy in front of the API replicas and the brokers.
+    """
+    from infra.local.stack import Topology
     from infra.settings import get_settings
     from sift.local_up import up as run_up
 
-    run_up(get_settings(), with_label_studio=label_studio, demo=demo, train_rows=train_rows, detach=detach)
+    run_up(get_settings(), with_label_studio=label_studio, demo=demo, train_rows=train_rows, detach=detach,
+           topology=Topology(api_replicas=api_replicas, workers=workers, brokers=brokers))
 
 
 @app.command()

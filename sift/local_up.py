@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from infra.local.stack import LocalStack, local_port
+from infra.local.stack import LocalStack, Topology, local_port
 from infra.settings import Settings
 
 DEMO_CLASSIFIER = "news"
@@ -51,25 +51,50 @@ def _ensure_demo(settings: Settings, train_rows: int) -> str | None:
     return json.loads(creds.read_text())["api_key"] if creds.exists() else None
 
 
-def up(settings: Settings, *, with_label_studio: bool, demo: bool, train_rows: int, detach: bool) -> None:
-    stack = LocalStack(settings, die_with_parent=not detach)
+WORKERS = ("review", "retrain", "dropfolder", "reconcile", "gc")
+SINGLE_WORKERS = {"gc"}  # retention and drift passes: one is enough, two would only repeat them
+
+
+def start_processes(stack: LocalStack, settings: Settings) -> list[str]:
+    """The API replica(s) and workers the stack's topology asks for; returns their names."""
+    py = sys.executable
+    topology = stack.topology
+    if topology.clustered:  # replicas on hidden ports behind the load balancer at public_api_url
+        replicas = [(f"api-{i}", port) for i, port in enumerate(topology.api_ports)]
+    else:
+        replicas = [("api", local_port(settings.public_api_url) or 18000)]
+    names = []
+    for name, port in replicas:
+        stack.spawn(name, [py, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
+                           "--port", str(port), "--no-access-log"], ready_port=port)
+        names.append(name)
+    for worker in WORKERS:
+        count = 1 if worker in SINGLE_WORKERS else topology.workers
+        for i in range(count):
+            name = f"worker-{worker}" if count == 1 else f"worker-{worker}-{i}"
+            stack.spawn(name, [py, "-m", "sift.cli", "worker", worker])
+            names.append(name)
+    return names
+
+
+def up(settings: Settings, *, with_label_studio: bool, demo: bool, train_rows: int, detach: bool,
+       topology: Topology | None = None) -> None:
+    stack = LocalStack(settings, die_with_parent=not detach, topology=topology or Topology())
     supervisor = stack.running_supervisor()
     if supervisor is not None:
         typer.secho(f"`sift up` (pid {supervisor}) is already running this stack; stop it with `sift down` first",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    typer.echo("starting S3 (SeaweedFS), Kafka (Tansu), MLflow" + (", Label Studio" if with_label_studio else ""))
+    t = stack.topology
+    typer.echo("starting S3 (SeaweedFS), Kafka (Tansu), MLflow" + (", Label Studio" if with_label_studio else "")
+               + (f"; cluster: {t.brokers} broker(s), {t.api_replicas} API replica(s), {t.workers} worker(s) of "
+                  "each kind, PostgreSQL, HAProxy" if t.clustered else ""))
     stack.start(with_label_studio=with_label_studio)
     from infra.bus import Bus
 
     Bus(settings).ensure_topics()
     key = _ensure_demo(settings, train_rows) if demo else None
-    api_port = local_port(settings.public_api_url) or 18000
-    py = sys.executable
-    stack.spawn("api", [py, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
-                        "--port", str(api_port), "--no-access-log"], ready_port=api_port)
-    for worker in ("review", "retrain", "dropfolder", "reconcile", "gc"):
-        stack.spawn(f"worker-{worker}", [py, "-m", "sift.cli", "worker", worker])
+    start_processes(stack, settings)
     api = settings.public_api_url
     typer.echo("")
     typer.secho("Sift is up", fg=typer.colors.GREEN, bold=True)

@@ -36,6 +36,7 @@ class LabelStudioServer(LocalService):
         venv: Path | None = None,
         log_dir: Path | None = None,
         die_with_parent: bool = False,
+        postgres: dict[str, str] | None = None,
     ) -> None:
         if len(token) <= 5:
             raise ValueError("Label Studio ignores user tokens of 5 characters or fewer")
@@ -47,6 +48,8 @@ class LabelStudioServer(LocalService):
         self.token = token
         self.venv = Path(venv) if venv else label_studio_venv()
         self.die_with_parent = die_with_parent
+        # host, port, name, user, password of a PostgreSQL database; None: SQLite in data_dir
+        self.postgres = postgres
         self.process = None
 
     @property
@@ -72,7 +75,14 @@ class LabelStudioServer(LocalService):
             # webhooks go to Sift on loopback; production allows its network explicitly instead
             "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
             "PYTHONUNBUFFERED": "1",
-        }
+        } | self._database_env()
+
+    def _database_env(self) -> dict[str, str]:
+        if not self.postgres:
+            return {}
+        pg = self.postgres
+        return {"DJANGO_DB": "default", "POSTGRE_HOST": pg["host"], "POSTGRE_PORT": pg["port"],
+                "POSTGRE_NAME": pg["name"], "POSTGRE_USER": pg["user"], "POSTGRE_PASSWORD": pg["password"]}
 
     def _argv(self) -> list[str]:
         return [

@@ -36,6 +36,7 @@ class MlflowServer(LocalService):
         log_dir: Path | None = None,
         die_with_parent: bool = False,
         python: str = sys.executable,
+        backend_store_uri: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir else self.data_dir
@@ -48,6 +49,7 @@ class MlflowServer(LocalService):
         self.artifacts_prefix = artifacts_prefix
         self.die_with_parent = die_with_parent
         self.python = python
+        self.backend_store_uri = backend_store_uri  # None: SQLite in data_dir (PostgreSQL in the cluster)
         self.process = None
 
     @property
@@ -62,7 +64,7 @@ class MlflowServer(LocalService):
         db = self.data_dir / "mlflow.db"
         return [
             self.python, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{db}",
+            "--backend-store-uri", self.backend_store_uri or f"sqlite:///{db}",
             "--serve-artifacts",
             "--artifacts-destination", self.artifacts_destination,
             "--host", LOOPBACK,

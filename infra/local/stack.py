@@ -19,9 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, Field
+
+from infra.local.haproxy import HAProxyServer, haproxy_config
 from infra.local.labelstudio import LabelStudioServer
 from infra.local.mlflow_server import MlflowServer
-from infra.local.procs import ManagedProcess, ServiceError, pid_alive, port_open, stop_pid
+from infra.local.postgres import USER as PG_USER
+from infra.local.postgres import PostgresServer
+from infra.local.procs import ManagedProcess, ServiceError, free_port, pid_alive, port_open, stop_pid
 from infra.local.seaweed import SeaweedServer, ensure_bucket
 from infra.local.tansu import TansuBroker
 from infra.settings import Settings, get_settings
@@ -29,7 +34,41 @@ from infra.settings import Settings, get_settings
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 SERVICE_ORDER = ("s3", "kafka", "mlflow", "label-studio")
 SUPERVISOR = "supervisor"
-LOG_NAMES = {"s3": "seaweedfs", "kafka": "tansu", "mlflow": "mlflow", "label-studio": "label-studio"}
+LOG_NAMES = {"s3": "seaweedfs", "kafka": "tansu", "mlflow": "mlflow", "label-studio": "label-studio",
+             "postgres": "postgres", "lb": "lb"}
+
+
+class Topology(BaseModel):
+    """How many of each part run. More than one of anything is the production shape on one
+    machine: PostgreSQL under MLflow and Label Studio, HAProxy in front of the API replicas and
+    the brokers (which advertise it). Ports of the hidden members are chosen once and kept."""
+
+    api_replicas: int = Field(default=1, ge=1, le=16)
+    workers: int = Field(default=1, ge=1, le=8, description="workers of each kind")
+    brokers: int = Field(default=1, ge=1, le=8)
+    postgres_port: int | None = None
+    broker_ports: list[int] = Field(default_factory=list)
+    api_ports: list[int] = Field(default_factory=list)
+
+    @property
+    def clustered(self) -> bool:
+        return self.api_replicas > 1 or self.brokers > 1 or self.workers > 1
+
+    def with_ports(self) -> Topology:
+        taken: set[int] = set()
+
+        def pick() -> int:
+            port = free_port(taken)
+            taken.add(port)
+            return port
+
+        return self.model_copy(update={
+            "postgres_port": self.postgres_port or pick(),
+            "broker_ports": self.broker_ports[:self.brokers]
+            + [pick() for _ in range(self.brokers - len(self.broker_ports))],
+            "api_ports": self.api_ports[:self.api_replicas]
+            + [pick() for _ in range(self.api_replicas - len(self.api_ports))],
+        })
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -62,19 +101,70 @@ def _proc_start_time(pid: int) -> str | None:
 
 
 class LocalStack:
-    def __init__(self, settings: Settings | None = None, *, die_with_parent: bool = False) -> None:
+    def __init__(self, settings: Settings | None = None, *, die_with_parent: bool = False,
+                 topology: Topology | None = None) -> None:
         self.settings = settings or get_settings()
         self.data_dir = Path(self.settings.data_dir).resolve()
         self.log_dir = self.data_dir / "logs"
         self.run_dir = self.data_dir / "run"
         self.die_with_parent = die_with_parent
+        # given by `sift up`; read back by `sift down`/`sift status` in another process
+        saved = self._saved_topology()
+        if topology is None:
+            self.topology = saved
+        elif topology.clustered:  # a second `sift up` finds the members the first one started
+            self.topology = topology.model_copy(update=saved.model_dump(include={
+                "postgres_port", "broker_ports", "api_ports"})).with_ports()
+        else:
+            self.topology = topology
         self.kafka_bucket = f"{self.settings.bucket}-kafka"
         self.services: dict[str, Any] = {}
         self.commands: dict[str, ManagedProcess] = {}
         self._restarts: dict[str, list[float]] = {}
         self._stopping = threading.Event()
 
+    def _saved_topology(self) -> Topology:
+        with contextlib.suppress(OSError, ValueError):
+            return Topology.model_validate_json((self.data_dir / "topology.json").read_text())
+        return Topology()
+
+    def _save_topology(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "topology.json").write_text(self.topology.model_dump_json())
+
+    @property
+    def service_order(self) -> list[str]:
+        """Start order; stop is the reverse. The load balancer comes before the brokers that advertise it."""
+        if not self.topology.clustered:
+            return list(SERVICE_ORDER)
+        return ["s3", "postgres", "lb", *[f"kafka-{i}" for i in range(self.topology.brokers)], "mlflow",
+                "label-studio"]
+
     # ---------------------------------------------------------------- service objects
+    def _postgres(self) -> PostgresServer:
+        return PostgresServer(self.data_dir / "postgres", port=self.topology.postgres_port, log_dir=self.log_dir,
+                              die_with_parent=self.die_with_parent)
+
+    def _lb(self) -> HAProxyServer:
+        api_port = local_port(self.settings.public_api_url)
+        kafka_port = local_port(self.settings.kafka_bootstrap.split(",")[0], default_scheme="tcp")
+        config = haproxy_config(api_port=api_port, api_backends=self.topology.api_ports,
+                                kafka_port=kafka_port, kafka_backends=self.topology.broker_ports)
+        ports = [p for p in (api_port, kafka_port) if p is not None]
+        return HAProxyServer(self.data_dir / "lb", config=config, ports=ports, log_dir=self.log_dir,
+                             die_with_parent=self.die_with_parent)
+
+    def _broker(self, index: int) -> TansuBroker:
+        s = self.settings
+        if not s.s3_endpoint:
+            raise ServiceError("the local Kafka brokers store in S3: set SIFT_S3_ENDPOINT")
+        return TansuBroker.on_s3(
+            self.data_dir / f"kafka-{index}", port=self.topology.broker_ports[index], bucket=self.kafka_bucket,
+            s3_endpoint=s.s3_endpoint, s3_access_key=s.s3_access_key, s3_secret_key=s.s3_secret_key,
+            s3_region=s.s3_region, log_dir=self.data_dir / "logs" / f"kafka-{index}",
+            die_with_parent=self.die_with_parent, advertised=s.kafka_bootstrap.split(",")[0],
+        )
+
     def _s3(self) -> SeaweedServer | None:
         port = local_port(self.settings.s3_endpoint)
         if port is None:
@@ -109,6 +199,8 @@ class LocalStack:
             self.data_dir / "mlflow", port=port, s3_endpoint=s.s3_endpoint, s3_access_key=s.s3_access_key,
             s3_secret_key=s.s3_secret_key, s3_region=s.s3_region, bucket=s.bucket,
             log_dir=self.log_dir, die_with_parent=self.die_with_parent,
+            backend_store_uri=self._service("postgres").url("mlflow", "postgresql+psycopg2")
+            if self.topology.clustered else None,
         )
 
     def _label_studio(self) -> LabelStudioServer | None:
@@ -119,13 +211,22 @@ class LocalStack:
         return LabelStudioServer(
             self.data_dir / "label-studio", port=port, username=s.label_studio_username,
             password=s.label_studio_password, token=s.label_studio_token, log_dir=self.log_dir,
-            die_with_parent=self.die_with_parent,
+            die_with_parent=self.die_with_parent, postgres=self._ls_database() if self.topology.clustered else None,
         )
+
+    def _ls_database(self) -> dict[str, str]:
+        from infra.local.postgres import PASSWORD
+
+        return {"host": "127.0.0.1", "port": str(self.topology.postgres_port), "name": "labelstudio",
+                "user": PG_USER, "password": PASSWORD}
 
     def _service(self, name: str) -> Any:
         if name not in self.services:
+            if name.startswith("kafka-"):
+                self.services[name] = self._broker(int(name.split("-")[1]))
+                return self.services[name]
             factory = {"s3": self._s3, "kafka": self._kafka, "mlflow": self._mlflow,
-                       "label-studio": self._label_studio}[name]
+                       "label-studio": self._label_studio, "postgres": self._postgres, "lb": self._lb}[name]
             self.services[name] = factory()
         return self.services[name]
 
@@ -163,7 +264,8 @@ class LocalStack:
         """Start every local service in dependency order; on failure stop what this call started."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         alive = {r["name"] for r in self._read_pids() if r.get("kind") == "service" and self._record_alive(r)}
-        names = [n for n in SERVICE_ORDER if with_label_studio or n != "label-studio"]
+        self._save_topology()
+        names = [n for n in self.service_order if with_label_studio or n != "label-studio"]
         started: list[str] = []
         try:
             for name in names:
@@ -195,8 +297,11 @@ class LocalStack:
 
     def _url(self, name: str) -> str:
         s = self.settings
+        if name.startswith("kafka-"):
+            return f"127.0.0.1:{self.topology.broker_ports[int(name.split('-')[1])]}"
         return {"s3": s.s3_endpoint or "", "kafka": s.kafka_bootstrap, "mlflow": s.mlflow_tracking_uri,
-                "label-studio": s.label_studio_url}.get(name, "")
+                "label-studio": s.label_studio_url, "lb": f"{s.public_api_url} {s.kafka_bootstrap}",
+                "postgres": f"127.0.0.1:{self.topology.postgres_port}"}.get(name, "")
 
     @staticmethod
     def _ready(service: Any) -> bool:
@@ -221,7 +326,7 @@ class LocalStack:
         It is supervised: `supervise()` / `check()` restart it if it exits. With `ready_port`,
         wait until that loopback port accepts connections.
         """
-        if name in SERVICE_ORDER or name == SUPERVISOR:
+        if name in SERVICE_ORDER or name in self.service_order or name == SUPERVISOR:
             raise ValueError(f"{name!r} is a reserved name")
         # a second `sift up --detach` replaces the first one's process instead of orphaning it
         self._stop_one(name)
@@ -330,14 +435,14 @@ class LocalStack:
         commands += [n for n in self.commands if n not in commands]
         for name in commands:
             self._stop_one(name)
-        for name in reversed(SERVICE_ORDER):
+        for name in reversed(self.service_order):
             self._stop_one(name)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per service and command: pid, running, ready, url, log. External services say so."""
         out: dict[str, dict[str, Any]] = {}
         records = {r["name"]: r for r in self._read_pids()}
-        for name in SERVICE_ORDER:
+        for name in self.service_order:
             service = self._service(name)
             record = records.pop(name, None)
             if service is None:
@@ -349,7 +454,8 @@ class LocalStack:
                 "running": running,
                 "ready": running and self._ready(service),
                 "url": self._url(name),
-                "log": str(self.log_dir / f"{LOG_NAMES[name]}.log"),
+                "log": str(self.log_dir / (f"{name}/tansu.log" if name.startswith("kafka-")
+                                           else f"{LOG_NAMES.get(name, name)}.log")),
             }
         for name, record in records.items():
             out[name] = {"pid": record["pid"], "running": self._record_alive(record), "log": record.get("log"),

@@ -70,6 +70,7 @@ class TansuBroker(LocalService):
         log_dir: Path | None = None,
         die_with_parent: bool = False,
         cluster_id: str = "sift",
+        advertised: str | None = None,
     ) -> None:
         if storage.startswith("s3://") and not (s3_endpoint and s3_access_key and s3_secret_key):
             raise ValueError("s3:// storage needs s3_endpoint, s3_access_key and s3_secret_key")
@@ -84,6 +85,8 @@ class TansuBroker(LocalService):
         self.s3_secret_key = s3_secret_key
         self.s3_region = s3_region
         self.cluster_id = cluster_id
+        # several brokers on one store advertise the load balancer in front of them (host:port)
+        self.advertised = advertised
         self.die_with_parent = die_with_parent
         self.process = None
 
@@ -100,12 +103,13 @@ class TansuBroker(LocalService):
         port: int | None = None,
         log_dir: Path | None = None,
         die_with_parent: bool = False,
+        advertised: str | None = None,
     ) -> TansuBroker:
         """Broker storing in `s3://bucket/`; the caller creates the bucket first (Tansu won't)."""
         return cls(
             data_dir, port=port, storage=f"s3://{bucket}/", s3_endpoint=s3_endpoint,
             s3_access_key=s3_access_key, s3_secret_key=s3_secret_key, s3_region=s3_region,
-            log_dir=log_dir, die_with_parent=die_with_parent,
+            log_dir=log_dir, die_with_parent=die_with_parent, advertised=advertised,
         )
 
     @property
@@ -133,7 +137,7 @@ class TansuBroker(LocalService):
             str(tansu_binary()), "broker",
             "--cluster-id", self.cluster_id,
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine", self.storage,
         ]
 
