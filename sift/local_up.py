@@ -65,8 +65,10 @@ def start_processes(stack: LocalStack, settings: Settings) -> list[str]:
         replicas = [("api", local_port(settings.public_api_url) or 18000)]
     names = []
     for name, port in replicas:
+        # a replica of a cluster keeps its spool and model cache to itself, as a pod with its own volume
+        env = {"SIFT_DATA_DIR": str(stack.data_dir / "replicas" / name)} if topology.clustered else None
         stack.spawn(name, [py, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
-                           "--port", str(port), "--no-access-log"], ready_port=port)
+                           "--port", str(port), "--no-access-log"], env=env, ready_port=port)
         names.append(name)
     for worker in WORKERS:
         count = 1 if worker in SINGLE_WORKERS else topology.workers
