@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from infra.bus import Bus
+from infra.local.postgres import PostgresServer
 from infra.local.procs import free_port
 from infra.local.stack import LocalStack, Topology
 from infra.objectstore import ObjectStore
@@ -168,7 +169,8 @@ def test_cluster_survives_kills_and_every_change_reaches_every_replica(tmp_path:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
             return sum(float(v) for v in re.findall(r'^sift_classify_requests_total\{[^}]*status="200"[^}]*\} (\S+)',
                                                     text, re.M))
-        assert wait_until(lambda: all(served(p) > 0 for p in replica_ports), 180, 1.0), load.failures[:5]
+        assert wait_until(lambda: all(served(p) > 0 for p in replica_ports), 180, 1.0), \
+            (load.rounds, load.failures[:5], [served(p) for p in replica_ports])
         assert wait_until(lambda: all(_log_lines(stack, f"worker-review-{i}", "review-request ") for i in (0, 1)),
                           TAKEOVER_S, 1.0), [_log_lines(stack, f"worker-review-{i}", "owns partitions") for i in (0, 1)]
 
@@ -239,4 +241,5 @@ def test_cluster_survives_kills_and_every_change_reaches_every_replica(tmp_path:
         assert _log_lines(stack, "worker-review-1", "owns partitions")[-1].endswith("[0, 1, 2] of sift.review-requests")
     finally:
         stack.stop()
+        PostgresServer(stack.data_dir / "postgres").remove_data()
         print(f"cluster logs: {stack.log_dir}", file=sys.stderr)

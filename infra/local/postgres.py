@@ -2,11 +2,13 @@
 
 Production runs both on PostgreSQL; the local cluster does the same so that what the cluster test
 proves holds there. PostgreSQL refuses to run as root: as root the server runs as the ``postgres``
-user over a data directory it owns.
+user, over a data directory it owns under its own home (``/var/lib/postgresql/sift/<hash of
+data_dir>``), since the ``postgres`` user cannot reach into root's private folders.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ PG_ROOTS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 USER = "sift"
 PASSWORD = "sift-local-db"  # loopback only: the server listens on 127.0.0.1
 DATABASES = ("mlflow", "labelstudio")
+POSTGRES_HOME = Path("/var/lib/postgresql/sift")
 
 
 def pg_bin(name: str) -> str:
@@ -56,8 +59,19 @@ class PostgresServer(LocalService):
         self.process = None
 
     @property
+    def home(self) -> Path:
+        """Where the cluster and its socket live: data_dir, or a folder the postgres user owns when root."""
+        if os.geteuid() != 0:
+            return self.data_dir
+        return POSTGRES_HOME / hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+
+    @property
     def pgdata(self) -> Path:
-        return self.data_dir / "pgdata"
+        return self.home / "pgdata"
+
+    def remove_data(self) -> None:
+        """Delete the database files (a throwaway cluster, say a test's); the server must be stopped."""
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def url(self, database: str, driver: str = "postgresql") -> str:
         return f"{driver}://{USER}:{PASSWORD}@{LOOPBACK}:{self.port}/{database}"
@@ -67,9 +81,10 @@ class PostgresServer(LocalService):
             shutil.chown(path, "postgres", "postgres")
 
     def _initdb(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._chown(self.data_dir)
-        pwfile = self.data_dir / "pw"
+        for folder in (self.home.parent, self.home):
+            folder.mkdir(parents=True, exist_ok=True)
+            self._chown(folder)
+        pwfile = self.home / "pw"
         pwfile.write_text(PASSWORD)
         self._chown(pwfile)
         subprocess.run(_as_owner([pg_bin("initdb"), "-D", str(self.pgdata), "-U", USER, "--pwfile", str(pwfile),
@@ -101,7 +116,7 @@ class PostgresServer(LocalService):
             self._initdb()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = _as_owner([pg_bin("postgres"), "-D", str(self.pgdata), "-h", LOOPBACK, "-p", str(self.port),
-                          "-k", str(self.data_dir), "-c", "max_connections=200", "-c", "fsync=on"])
+                          "-k", str(self.home), "-c", "max_connections=200", "-c", "fsync=on"])
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.data_dir)}
         self._launch(argv, env, self.port, timeout)
         self._create_databases()
