@@ -119,6 +119,9 @@ class ClassifierConfig(BaseModel):
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     review_window: int = Field(default=50, ge=1, le=10_000, description="open Label Studio tasks kept queued")
+    near_duplicate_similarity: float = Field(
+        default=0.6, gt=0, le=1,
+        description="a model-doubt text this similar (shingle Jaccard) to an open task waits for it; 1: off")
     label_studio_project_id: int | None = None
     # Label Studio sends it with every webhook of this classifier's project; None: SIFT_WEBHOOK_SECRET.
     # Rotated by `sift review rotate-webhook-secret` / POST /v1/admin/classifiers/{name}/webhook-secret

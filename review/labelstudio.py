@@ -367,6 +367,13 @@ class ReviewProjects:
             self._me = getattr(self._call(self.client.users.whoami), "id", None)
         return self._me
 
+    def open_task_data(self, project_id: int) -> list[dict[str, Any]]:
+        """Every open task (id and data), page by page: the texts now in the window."""
+        out: list[dict[str, Any]] = []
+        for _, tasks in self._pages(project_id, _filters(*OPEN_FILTER), fields="task_only"):
+            out.extend({"id": t["id"], "data": t.get("data") or {}} for t in tasks)
+        return out
+
     def displaceable(self, project_id: int, below: float) -> list[dict[str, Any]]:
         """Open tasks with ``data.priority`` below ``below`` that no reviewer has started, lowest first.
 

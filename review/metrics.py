@@ -12,3 +12,6 @@ RECONCILED = Counter("sift_review_reconciled_total", "reviews the reconciliation
                      ["classifier"])
 DISPLACED = Counter("sift_review_displaced_total", "open tasks returned to the backlog by higher-priority requests",
                     ["classifier"])
+NEAR_DUPLICATES = Counter("sift_review_near_duplicates_held_total",
+                          "backlog items kept out of the window (per refill) because they nearly repeat an open task",
+                          ["classifier"])

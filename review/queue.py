@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -52,11 +53,14 @@ from review.labelstudio import (
     TaskSpec,
     ensure_project,
 )
-from review.metrics import BACKLOG, DISPLACED, OPEN_TASKS
+from review.metrics import BACKLOG, DISPLACED, NEAR_DUPLICATES, OPEN_TASKS
+from review.similarity import similarity, sketch
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_IDS = 1000
+MAX_CACHED_SKETCHES = 20_000
+MAX_NEAR_DUPLICATE_SKIPS = 500  # per refill: a backlog full of copies costs a bounded scan
 ORIGIN_TEXT = {
     "user_feedback": "a user reported this prediction",
     "batch_feedback": "batch feedback",
@@ -208,6 +212,7 @@ class ReviewQueue:
         self.projects = projects or ReviewProjects.from_settings(settings)
         # (classifier, project, webhook secret) provisioned: a rotated secret re-registers the webhook
         self._verified: set[tuple[str, int, str | None]] = set()
+        self._sketches: OrderedDict[str, frozenset[int]] = OrderedDict()  # by text hash (texts never change)
 
     # ---- durable records ------------------------------------------------------------------------
 
@@ -348,10 +353,45 @@ class ReviewQueue:
         project_id = self._project(cfg)
         open_tasks = self.projects.count_open(project_id)
         OPEN_TASKS.labels(cfg.name).set(open_tasks)
-        pending = self._backlog_items(cfg.name, keys)
+        pending = self._diverse(cfg, project_id, self._backlog_items(cfg.name, keys))
         batch = list(itertools.islice(pending, max(0, cfg.review_window - open_tasks)))
         entered = self._open_batch(cfg, project_id, batch)
         return entered + self._displace(cfg, project_id, pending)
+
+    def _sketch(self, h: str, text: str) -> frozenset[int]:
+        found = self._sketches.get(h)
+        if found is None:
+            found = self._sketches[h] = sketch(text)
+            while len(self._sketches) > MAX_CACHED_SKETCHES:
+                self._sketches.popitem(last=False)
+        return found
+
+    def _diverse(self, cfg: ClassifierConfig, project_id: int,
+                 pending: Iterator[tuple[str, ReviewItem]]) -> Iterator[tuple[str, ReviewItem]]:
+        """``pending`` without the model-doubt items that nearly repeat an open task or one chosen
+        before them (they stay in the backlog until their twin is answered). Explicit feedback
+        always passes: a user is waiting on it. Skips at most ``MAX_NEAR_DUPLICATE_SKIPS`` per pass."""
+        if cfg.near_duplicate_similarity >= 1:
+            yield from pending
+            return
+        window: list[frozenset[int]] | None = None  # the open tasks' sketches, read once if needed
+        passed: list[frozenset[int]] = []
+        skipped = 0
+        for key, item in pending:
+            mine = self._sketch(item.text_hash, item.text)
+            if item.tier == 2:
+                if window is None:
+                    window = [self._sketch(str(t["data"].get("text_hash")), str(t["data"].get("text", "")))
+                              for t in self.projects.open_task_data(project_id)]
+                if any(similarity(mine, other) >= cfg.near_duplicate_similarity
+                       for other in itertools.chain(window, passed)):
+                    skipped += 1
+                    NEAR_DUPLICATES.labels(cfg.name).inc()
+                    if skipped >= MAX_NEAR_DUPLICATE_SKIPS:
+                        return
+                    continue
+            passed.append(mine)
+            yield key, item
 
     def _displace(self, cfg: ClassifierConfig, project_id: int,
                   pending: Iterator[tuple[str, ReviewItem]]) -> int:

@@ -30,6 +30,7 @@ from review.queue import ReviewQueue
 from review.worker import GROUP_ID as REVIEW_GROUP
 from review.worker import run_review_worker
 from tests.bus_helpers import committed_offset, isolated, read_topic, wait_until
+from tests.services import exported
 
 LABELS = ["sports", "tech", "politics"]
 
@@ -180,7 +181,8 @@ def review_env_fixture(sift_settings: Settings, label_studio: Any) -> Iterator[R
     env = ReviewEnv(settings, api, cfg, projects, label_studio, bus, producer)
     env.api_key = _key  # type: ignore[attr-defined]
     try:
-        yield env
+        with exported(settings):  # the CLI (get_settings) reads this test's bucket too
+            yield env
     finally:
         producer.close(timeout=5)
         api.stop()

@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from classifier.engine import ServingEngine
 from classifier.routing import BudgetRouter, review_request_for
 from infra.objectstore import ObjectStore
 from infra.settings import Settings
 from infra.tenants import DEFAULT_THRESHOLD, ClassifierConfig, TenantStore
+from review import cli as review_cli
 from review.status import review_status
 from sift.app import create_app
 
@@ -116,6 +119,9 @@ def test_replicas_share_the_budget_and_review_status_projects_the_load(sift_sett
     assert status.traffic_per_day == pytest.approx(172_800, rel=0.01)
     assert status.projected_reviews_per_day == pytest.approx(8_640, rel=0.15)
     assert len(status.thresholds_in_force) == 2 and all(0.5 < t < 1 for t in status.thresholds_in_force)
+    result = CliRunner().invoke(review_cli.app, ["status", cfg.name])  # `sift review status NAME`
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["projected_reviews_per_day"] == status.projected_reviews_per_day
 
 
 def test_admin_api_sets_and_clears_the_budget(sift_settings: Settings) -> None:

@@ -150,3 +150,38 @@ def test_a_displacement_cut_short_never_leaves_two_tasks_for_one_item(review_env
     env.queue().refill(cfg)
     assert set(_open(env)) == {"plain"}
     assert [t["data"]["text"] for t in env.tasks()].count("plain") == 1
+
+
+OIL = "Oil prices rose sharply on Monday after OPEC agreed to cut production by two million barrels a day."
+EDITS = ["Oil prices rose sharply on Tuesday after OPEC agreed to cut production by two million barrels a day.",
+         "Oil prices rose sharply on Monday after OPEC agreed to cut output by two million barrels a day!"]
+DISTINCT = ["The central bank left interest rates unchanged and signalled no move before the summer.",
+            "A late goal gave the home side the derby and sent them top of the table.",
+            "The new phone ships with a faster chip and a brighter screen."]
+
+
+def test_near_duplicates_do_not_fill_the_window(review_env: ReviewEnv) -> None:
+    env = review_env
+    _window(env, 6)
+    _submit(env, OIL, 0.10)
+    _submit(env, OIL.upper(), 0.10)  # the same text: deduped into the open task
+    for i, text in enumerate(EDITS):  # lightly edited copies, each *more* urgent than the original
+        _submit(env, text, 0.05 - i * 0.01)
+    for i, text in enumerate(DISTINCT):
+        _submit(env, text, 0.30 + i * 0.1)
+    # a user disputing a copy is not held back: a person is waiting on that answer
+    env.queue().submit(env.request(OIL.replace("Monday", "Sunday"), source="user_feedback", verdict="dislike"))
+
+    assert set(_open(env)) == {OIL, *DISTINCT, OIL.replace("Monday", "Sunday")}
+    assert _open(env)[OIL]["data"]["request_count"] == 2
+    for text in EDITS:  # held in the backlog with their priority, not dropped
+        assert _item(env, text).state == "backlog"
+    assert env.queue().backlog_size(env.name) == 2
+
+    # once the original is answered, the best copy takes its turn (one of them, not both)
+    env.projects.client.annotations.create(id=_open(env)[OIL]["id"], result=choice_result("tech"))
+    env.projects.client.annotations.create(id=_open(env)[OIL.replace("Monday", "Sunday")]["id"],
+                                           result=choice_result("tech"))
+    env.queue().refill(env.api.services.tenants.require(env.name))
+    assert set(_open(env)) == {EDITS[1], *DISTINCT}
+    assert _item(env, EDITS[0]).state == "backlog"
