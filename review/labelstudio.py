@@ -284,8 +284,7 @@ class ReviewProjects:
         if ours is None:
             ours = self._call(self.client.views.create, project=project_id, data=want)
             views.append(ours)
-        elif ((ours.data or {}).get("columnsDisplayType") != want["columnsDisplayType"]
-              or list(ours.ordering or []) != want["ordering"]):
+        elif any((ours.data or {}).get(k) != want[k] for k in ("columnsDisplayType", "ordering")):
             self._call(self.client.views.update, str(ours.id), project=project_id, data=want)
         ordered = sorted(views, key=lambda v: (v.order or 0, v.id or 0))
         if ordered[0].id != ours.id:

@@ -97,6 +97,12 @@ def margin_of(req: ReviewRequest) -> float:
     return min(1.0, max(0.0, float(value)))
 
 
+def marker_priority(key: str) -> float:
+    """``ReviewItem.priority`` read back from a backlog marker (``marker()``) without loading the item."""
+    tier, margin = key.split("-")[:2]
+    return round((2 - int(tier)) + (1 - int(margin) / 1_000_000), 6)
+
+
 class ReviewItem(BaseModel):
     classifier: str
     text_hash: str
@@ -354,9 +360,12 @@ class ReviewQueue:
         open_tasks = self.projects.count_open(project_id)
         OPEN_TASKS.labels(cfg.name).set(open_tasks)
         pending = self._diverse(cfg, project_id, self._backlog_items(cfg.name, keys))
-        batch = list(itertools.islice(pending, max(0, cfg.review_window - open_tasks)))
+        free = max(0, cfg.review_window - open_tasks)
+        batch = list(itertools.islice(pending, free))
         entered = self._open_batch(cfg, project_id, batch)
-        return entered + self._displace(cfg, project_id, pending)
+        if len(batch) < free:
+            return entered  # the backlog ran out: nothing is left to displace with
+        return entered + self._displace(cfg, project_id, pending, marker_priority(keys[0]))
 
     def _sketch(self, h: str, text: str) -> frozenset[int]:
         found = self._sketches.get(h)
@@ -393,19 +402,22 @@ class ReviewQueue:
             passed.append(mine)
             yield key, item
 
-    def _displace(self, cfg: ClassifierConfig, project_id: int,
-                  pending: Iterator[tuple[str, ReviewItem]]) -> int:
+    def _displace(self, cfg: ClassifierConfig, project_id: int, pending: Iterator[tuple[str, ReviewItem]],
+                  bound: float) -> int:
         """Swap the lowest-priority unstarted open tasks for better backlog items, one for one.
 
         The window is full here; ``pending`` continues best-first after what just entered. A tie
         does not swap (no churn). Returns the number of items that entered the window.
         """
-        incoming = next(pending, None)
+        # the best marker bounds every waiting priority: asking Label Studio first keeps the common
+        # case (nothing to swap) at one request, before any item is loaded or the window read
+        victims = self.projects.displaceable(project_id, below=bound)
+        incoming = next(pending, None) if victims else None
         if incoming is None:
             return 0
         swaps: list[tuple[ReviewItem, int]] = []
         batch: list[tuple[str, ReviewItem]] = []
-        for task in self.projects.displaceable(project_id, below=incoming[1].priority):
+        for task in victims:
             task_id, data = int(task["id"]), task.get("data") or {}
             owner = self.load(cfg.name, str(data.get("text_hash")))
             if owner is not None and owner.stale_task_id == task_id:  # a displacement cut short:
@@ -415,7 +427,7 @@ class ReviewQueue:
             elif owner is None or owner.state != "open" or owner.task_id != task_id:
                 continue  # not ours to move (an import being adopted, a foreign task)
             elif owner.priority >= incoming[1].priority:
-                continue  # task data stale (sync pending): the item itself decides
+                continue  # not below this item (task data may be stale): the item itself decides
             else:
                 swaps.append((owner, task_id))
             batch.append(incoming)

@@ -12,17 +12,23 @@ from typing import Any
 import httpx
 import pytest
 
-from review.labelstudio import QUEUE_VIEW_TITLE, LabelStudioUnavailable, ReviewProjects, choice_result
+from review.labelstudio import (
+    QUEUE_VIEW_TITLE,
+    LabelStudioUnavailable,
+    ReviewProjects,
+    choice_result,
+    ensure_project,
+)
 from review.queue import ReviewItem
 from tests.review_fixtures import ReviewEnv, review_env_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.timeout(400)]
 
 
-def _window(env: ReviewEnv, k: int) -> None:
+def _window(env: ReviewEnv, k: int, near_duplicate_similarity: float = 1.0) -> None:
     tenants = env.api.services.tenants
     cfg = tenants.require(env.name)
-    cfg.review_window = k
+    cfg.review_window, cfg.near_duplicate_similarity = k, near_duplicate_similarity
     tenants.save(cfg)
 
 
@@ -79,6 +85,9 @@ def test_open_set_is_the_k_best_and_reviewers_get_it_best_first(review_env: Revi
     views = _api(env, "GET", "/api/dm/views/", params={"project": env.project_id}).json()
     first = min(views, key=lambda v: (v["order"] or 0, v["id"]))
     assert first["data"]["title"] == QUEUE_VIEW_TITLE
+    ensure_project(env.settings, env.api.services.tenants, env.api.services.tenants.require(env.name), env.projects)
+    again = _api(env, "GET", "/api/dm/views/", params={"project": env.project_id}).json()
+    assert [v["id"] for v in again if v["data"]["title"] == QUEUE_VIEW_TITLE] == [first["id"]]  # idempotent
     listed = _api(env, "GET", "/api/tasks/", params={"project": env.project_id, "view": first["id"],
                                                      "fields": "task_only"}).json()["tasks"]
     assert [t["data"]["text"] for t in listed] == ["m01", "m05", "m10"]
@@ -162,7 +171,7 @@ DISTINCT = ["The central bank left interest rates unchanged and signalled no mov
 
 def test_near_duplicates_do_not_fill_the_window(review_env: ReviewEnv) -> None:
     env = review_env
-    _window(env, 6)
+    _window(env, 6, near_duplicate_similarity=0.6)  # the default; the fixture turns it off
     _submit(env, OIL, 0.10)
     _submit(env, OIL.upper(), 0.10)  # the same text: deduped into the open task
     for i, text in enumerate(EDITS):  # lightly edited copies, each *more* urgent than the original
