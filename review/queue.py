@@ -390,7 +390,8 @@ class ReviewQueue:
             mine = self._sketch(item.text_hash, item.text)
             if item.tier == 2:
                 if window is None:
-                    window = [self._sketch(str(t["data"].get("text_hash")), str(t["data"].get("text", "")))
+                    window = [self._sketch(str(t["data"].get("text_hash") or f"task-{t['id']}"),
+                                           str(t["data"].get("text", "")))
                               for t in self.projects.open_task_data(project_id)]
                 if any(similarity(mine, other) >= cfg.near_duplicate_similarity
                        for other in itertools.chain(window, passed)):
