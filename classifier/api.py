@@ -50,7 +50,8 @@ class Prediction(BaseModel):
     scores: dict[str, float]
     model_version: str
     prediction_id: str
-    review_requested: bool = Field(description="confidence was below the classifier's threshold")
+    review_requested: bool = Field(
+        description="confidence was below the classifier's threshold (fixed, or derived from its review budget)")
 
 
 class ClassifyResponse(BaseModel):
@@ -120,7 +121,12 @@ def _publish(services: Services, cfg: ClassifierConfig, text: str, s: Scored) ->
     record = PredictionRecord(classifier=cfg.name, text=text, label=s.label, confidence=s.confidence,
                               scores=s.scores, model_version=s.model_version)
     prediction_id = predictions.record(record) if predictions is not None else uuid.uuid4().hex
-    request = review_request_for(cfg, text, s.label, s.confidence, s.scores, s.model_version, prediction_id)
+    threshold = None
+    if services.review_router is not None:
+        services.review_router.observe(cfg.name, s.confidence)
+        threshold = services.review_router.threshold(cfg)
+    request = review_request_for(cfg, text, s.label, s.confidence, s.scores, s.model_version, prediction_id,
+                                 threshold)
     publisher = services.publisher
     if request is not None:
         metrics.LOW_CONFIDENCE.labels(cfg.name).inc()

@@ -35,6 +35,14 @@ class HandlesWebhooks(Protocol):
     def handle_webhook(self, payload: dict) -> bool: ...
 
 
+class RoutesReviews(Protocol):
+    """What the classify route needs of the review router (``classifier.routing.BudgetRouter``)."""
+
+    def observe(self, classifier: str, confidence: float) -> None: ...
+
+    def threshold(self, cfg: ClassifierConfig) -> float: ...
+
+
 @dataclass
 class Services:
     """What a running API process shares between routers (stored on ``app.state.services``).
@@ -51,6 +59,7 @@ class Services:
     predictions: PredictionStore | None = None
     engine: Classifies | None = None
     review_collector: HandlesWebhooks | None = None
+    review_router: RoutesReviews | None = None  # None: each config's fixed threshold
 
     @classmethod
     def from_settings(cls, settings: Settings, **parts: Any) -> Services:

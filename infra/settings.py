@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # follow tenant-events: a config or key change elsewhere drops this replica's cached copy at once
     # (config_cache_seconds stays the bound when an event is lost)
     tenant_watch: bool = True
+    # each API replica writes its review-routing snapshot (traffic, threshold in force) this often;
+    # budget routing reads the other replicas' traffic from them, `sift review status` the load
+    routing_share_interval_s: float = Field(default=30.0, gt=0)
 
     # `sift worker ...` serves /healthz, /readyz and /metrics on this port; 0: none (the local stack runs
     # several workers on one host, the image sets 8001)

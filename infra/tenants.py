@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from infra.objectstore import ObjectStore
 
@@ -103,16 +103,25 @@ class ApiKeyRecord(BaseModel):
     created_at: datetime
 
 
+DEFAULT_THRESHOLD = 0.6
+
+
 class ClassifierConfig(BaseModel):
     name: str
     labels: list[str]
-    threshold: float = Field(default=0.6, gt=0, le=1)
+    # None: derived from review_budget_per_day (a quantile of recent confidences); a number wins
+    threshold: float | None = Field(default=DEFAULT_THRESHOLD, gt=0, le=1)
+    review_budget_per_day: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="about this many texts a day go to review (threshold None)")
     base_model: str = ""
     description: str = ""
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     review_window: int = Field(default=50, ge=1, le=10_000, description="open Label Studio tasks kept queued")
+    near_duplicate_similarity: float = Field(
+        default=0.6, gt=0, le=1,
+        description="a model-doubt text this similar (shingle Jaccard) to an open task waits for it; 1: off")
     label_studio_project_id: int | None = None
     # Label Studio sends it with every webhook of this classifier's project; None: SIFT_WEBHOOK_SECRET.
     # Rotated by `sift review rotate-webhook-secret` / POST /v1/admin/classifiers/{name}/webhook-secret
@@ -123,6 +132,21 @@ class ClassifierConfig(BaseModel):
     api_keys: list[ApiKeyRecord] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threshold_or_budget(cls, data: Any) -> Any:
+        """No threshold given: derived when there is a budget, else the default (stored configs
+        always carry their threshold, so they keep it)."""
+        if isinstance(data, dict) and data.get("threshold") is None:
+            data = dict(data)
+            data["threshold"] = None if data.get("review_budget_per_day") is not None else DEFAULT_THRESHOLD
+        return data
+
+    @property
+    def budget_routing(self) -> bool:
+        """The review budget, not a fixed threshold, decides what goes to review."""
+        return self.threshold is None and self.review_budget_per_day is not None
 
     @field_validator("name")
     @classmethod

@@ -11,7 +11,8 @@ app = typer.Typer(help="Human review queue in Label Studio.", no_args_is_help=Tr
 
 @app.command("status")
 def status_cmd(name: str = typer.Argument(..., help="classifier name")) -> None:
-    """Pending tasks, backlog, reviewed counts per label, model/reviewer agreement, oldest pending age."""
+    """Pending tasks, backlog, reviewed counts per label, agreement, oldest pending age, and the
+    projected daily review load (traffic and thresholds in force on the serving replicas)."""
     from infra.settings import get_settings
     from infra.tenants import NotFound
     from review.status import review_status

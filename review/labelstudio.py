@@ -8,6 +8,7 @@ that must be project-scoped and carry our shared secret in a header.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -147,6 +148,33 @@ def _f(column: str, operator: str, type_: str, value: Any) -> dict[str, Any]:
 
 
 OPEN_FILTER = (_f("total_annotations", "equal", "Number", 0), _f("cancelled_annotations", "equal", "Number", 0))
+QUEUE_VIEW_TITLE = "To review (most informative first)"
+PRIORITY_COLUMN = "tasks:data.priority"
+
+
+def queue_view_data() -> dict[str, Any]:
+    """The data-manager tab reviewers land on: open tasks, highest ``data.priority`` first.
+
+    ``columnsDisplayType`` marks the column numeric: without it Label Studio orders data fields as
+    text. The label stream ("Label All Tasks") serves the tab's order (sequential sampling).
+    """
+    return {"title": QUEUE_VIEW_TITLE, "ordering": [f"-{PRIORITY_COLUMN}"],
+            "filters": {"conjunction": "and", "items": list(OPEN_FILTER)},
+            "columnsDisplayType": {PRIORITY_COLUMN: "Number"}}
+
+
+def task_started(task: dict[str, Any], service_user_id: int | None) -> bool:
+    """A reviewer has touched the task: an answer, a draft, or an edit by someone other than Sift.
+
+    Label Studio Community does not show another user's task lock over the API, so a task that a
+    reviewer merely has open is not visible here (see ARCHITECTURE-NOTES, review window).
+    """
+    if (task.get("total_annotations") or 0) > 0 or (task.get("cancelled_annotations") or 0) > 0:
+        return True
+    if task.get("draft_exists") or task.get("drafts"):
+        return True
+    editors = {u.get("user_id") for u in task.get("updated_by") or [] if isinstance(u, dict)}
+    return bool(editors - {None, service_user_id})
 
 
 class ReviewProjects:
@@ -156,6 +184,7 @@ class ReviewProjects:
         self.url = url.rstrip("/")
         self.client = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)
         self._users: dict[int, str] = {}
+        self._me: int | None = None
         self.cooldown_s = cooldown_s
         self._down_until = 0.0
 
@@ -246,6 +275,23 @@ class ReviewProjects:
                 headers={WEBHOOK_SECRET_HEADER: secret}, actions=WEBHOOK_ACTIONS, is_active=True,
             )
 
+    def ensure_queue_view(self, project_id: int) -> int:
+        """The best-first tab exists, is current and is the first (default) tab of the project."""
+        views = [v for v in self._call(lambda: list(self.client.views.list(project=project_id)))
+                 if v.project == project_id]
+        want = queue_view_data()
+        ours = next((v for v in views if (v.data or {}).get("title") == QUEUE_VIEW_TITLE), None)
+        if ours is None:
+            ours = self._call(self.client.views.create, project=project_id, data=want)
+            views.append(ours)
+        elif any((ours.data or {}).get(k) != want[k] for k in ("columnsDisplayType", "ordering")):
+            self._call(self.client.views.update, str(ours.id), project=project_id, data=want)
+        ordered = sorted(views, key=lambda v: (v.order or 0, v.id or 0))
+        if ordered[0].id != ours.id:
+            ids = [int(ours.id)] + [int(v.id) for v in ordered if v.id != ours.id]  # type: ignore[arg-type]
+            self._call(self.client.views.update_order, ids=ids, project=project_id)
+        return int(ours.id)  # type: ignore[arg-type]
+
     # ---- tasks --------------------------------------------------------------------------------
 
     def create_tasks(self, project_id: int, specs: list[TaskSpec], labels: list[str]) -> list[int]:
@@ -313,6 +359,37 @@ class ReviewProjects:
                                     ordering=order):
             return tasks
         return []
+
+    def service_user_id(self) -> int | None:
+        """The user Sift acts as (its own task edits do not count as a reviewer's)."""
+        if self._me is None:
+            self._me = getattr(self._call(self.client.users.whoami), "id", None)
+        return self._me
+
+    def open_task_data(self, project_id: int) -> list[dict[str, Any]]:
+        """Every open task (id and data), page by page: the texts now in the window."""
+        out: list[dict[str, Any]] = []
+        for _, tasks in self._pages(project_id, _filters(*OPEN_FILTER), fields="task_only"):
+            out.extend({"id": t["id"], "data": t.get("data") or {}} for t in tasks)
+        return out
+
+    def displaceable(self, project_id: int, below: float) -> list[dict[str, Any]]:
+        """Open tasks with ``data.priority`` below ``below`` that no reviewer has started, lowest first.
+
+        Label Studio filters on the numeric value server-side; started tasks (draft, edit) are
+        dropped here because the data manager cannot filter on drafts.
+        """
+        me = self.service_user_id()
+        query = _filters(*OPEN_FILTER, _f("data.priority", "less", "Number", below))
+        out: list[dict[str, Any]] = []
+        for _, tasks in self._pages(project_id, query, fields="all"):
+            out.extend(t for t in tasks if not task_started(t, me))
+        return sorted(out, key=lambda t: (float((t.get("data") or {}).get("priority") or 0.0), -int(t["id"])))
+
+    def delete_task(self, task_id: int) -> None:
+        """Delete a task; one that is already gone is fine (the caller's intent holds)."""
+        with contextlib.suppress(LabelStudioNotFound):
+            self._call(self.client.tasks.delete, str(task_id))
 
     def find_by_data(self, project_id: int, field: str, value: str) -> list[dict[str, Any]]:
         """Tasks whose data[field] equals value (used to adopt a task whose import we did not record)."""
@@ -390,7 +467,7 @@ def rotate_webhook_secret(settings: Settings, tenants: TenantStore, name: str,
 
 def ensure_project(settings: Settings, tenants: TenantStore, cfg: ClassifierConfig,
                    projects: ReviewProjects | None = None) -> int:
-    """Provision the classifier's review project and webhook; store the id in its config.
+    """Provision the classifier's review project, webhook and best-first tab; store the id in its config.
 
     Idempotent: called at onboarding and lazily by the worker (Label Studio may have been down
     at onboarding, or its database recreated).
@@ -399,6 +476,7 @@ def ensure_project(settings: Settings, tenants: TenantStore, cfg: ClassifierConf
     project_id = projects.provision_project(cfg)
     projects.ensure_webhook(project_id, settings.public_api_url.rstrip("/") + WEBHOOK_PATH,
                             webhook_secret_of(settings, cfg))
+    projects.ensure_queue_view(project_id)
     if cfg.label_studio_project_id != project_id:
         fresh = tenants.get(cfg.name) or cfg
         fresh.label_studio_project_id = project_id

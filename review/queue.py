@@ -1,9 +1,12 @@
-"""The review queue: dedupe, priority and a bounded window of open Label Studio tasks.
+"""The review queue: dedupe, priority and an ordered window of open Label Studio tasks.
 
-Label Studio Community shows tasks in id order, so *we* decide what a reviewer sees next by what
-we put into it: at most ``cfg.review_window`` open tasks per classifier, refilled from a priority
-backlog. All queue state lives in the object store, never only in memory, so a worker or Label
-Studio restart loses and duplicates nothing:
+The open tasks of a classifier's project are always the ``cfg.review_window`` most urgent
+requests: free places are filled from a priority backlog, and a request that outranks the
+least urgent open task nobody has started (no answer, draft or reviewer edit) takes its place;
+that task is deleted and its item goes back to the backlog with its priority. Reviewers see the
+window best-first through the project's default tab (ordered by ``data.priority``). All queue
+state lives in the object store, never only in memory, so a worker or Label Studio restart loses
+and duplicates nothing:
 
 ``review/<classifier>/items/<text-hash>.json``
     one record per distinct text: state (``backlog`` → ``creating`` → ``open``), merged request
@@ -18,13 +21,19 @@ Studio restart loses and duplicates nothing:
 Crash safety: an item is saved before its marker is written (a redelivered event repairs a
 missing marker); before import the item is marked ``creating`` with a unique ``item_key`` that
 also goes into the task data, so a crash between import and save is resolved by adopting the
-task found by that key instead of importing a second one. One Kafka partition (key =
-classifier) is consumed by one worker at a time, so each classifier's queue has one writer.
+task found by that key instead of importing a second one. A displaced item is saved back to the
+backlog with ``stale_task_id`` before its task is deleted: if the delete never happens, the next
+pass deletes that task, or the item adopts it back when it re-enters the window. One Kafka
+partition (key = classifier) is consumed by one worker at a time, so each classifier's queue has
+one writer.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import OrderedDict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -44,11 +53,14 @@ from review.labelstudio import (
     TaskSpec,
     ensure_project,
 )
-from review.metrics import BACKLOG, OPEN_TASKS
+from review.metrics import BACKLOG, DISPLACED, NEAR_DUPLICATES, OPEN_TASKS
+from review.similarity import similarity, sketch
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_IDS = 1000
+MAX_CACHED_SKETCHES = 20_000
+MAX_NEAR_DUPLICATE_SKIPS = 500  # per refill: a backlog full of copies costs a bounded scan
 ORIGIN_TEXT = {
     "user_feedback": "a user reported this prediction",
     "batch_feedback": "batch feedback",
@@ -85,6 +97,12 @@ def margin_of(req: ReviewRequest) -> float:
     return min(1.0, max(0.0, float(value)))
 
 
+def marker_priority(key: str) -> float:
+    """``ReviewItem.priority`` read back from a backlog marker (``marker()``) without loading the item."""
+    tier, margin = key.split("-")[:2]
+    return round((2 - int(tier)) + (1 - int(margin) / 1_000_000), 6)
+
+
 class ReviewItem(BaseModel):
     classifier: str
     text_hash: str
@@ -105,6 +123,7 @@ class ReviewItem(BaseModel):
     margin: float = 1.0
     backlog_key: str | None = None
     task_id: int | None = None
+    stale_task_id: int | None = None  # the task it was displaced from, until that task is deleted
     first_requested_at: datetime = Field(default_factory=_now)
     last_requested_at: datetime = Field(default_factory=_now)
 
@@ -199,6 +218,7 @@ class ReviewQueue:
         self.projects = projects or ReviewProjects.from_settings(settings)
         # (classifier, project, webhook secret) provisioned: a rotated secret re-registers the webhook
         self._verified: set[tuple[str, int, str | None]] = set()
+        self._sketches: OrderedDict[str, frozenset[int]] = OrderedDict()  # by text hash (texts never change)
 
     # ---- durable records ------------------------------------------------------------------------
 
@@ -326,26 +346,130 @@ class ReviewQueue:
             cfg.label_studio_project_id = None
             return self._refill(cfg, keys)
 
+    def _backlog_items(self, classifier: str, keys: list[str]) -> Iterator[tuple[str, ReviewItem]]:
+        """Backlog items best-first, loaded lazily; stale markers (re-keyed, already open) are dropped."""
+        for key in keys:
+            item = self.load(classifier, key.rsplit("-", 1)[-1])
+            if item is None or item.state == "open" or item.backlog_key != key:
+                self._del_marker(classifier, key)
+                continue
+            yield key, item
+
     def _refill(self, cfg: ClassifierConfig, keys: list[str]) -> int:
         project_id = self._project(cfg)
         open_tasks = self.projects.count_open(project_id)
         OPEN_TASKS.labels(cfg.name).set(open_tasks)
-        need = cfg.review_window - open_tasks
-        if need <= 0:
+        pending = self._diverse(cfg, project_id, self._backlog_items(cfg.name, keys))
+        free = max(0, cfg.review_window - open_tasks)
+        batch = list(itertools.islice(pending, free))
+        entered = self._open_batch(cfg, project_id, batch)
+        if len(batch) < free:
+            return entered  # the backlog ran out: nothing is left to displace with
+        return entered + self._displace(cfg, project_id, pending, marker_priority(keys[0]))
+
+    def _sketch(self, h: str, text: str) -> frozenset[int]:
+        found = self._sketches.get(h)
+        if found is None:
+            found = self._sketches[h] = sketch(text)
+            while len(self._sketches) > MAX_CACHED_SKETCHES:
+                self._sketches.popitem(last=False)
+        return found
+
+    def _diverse(self, cfg: ClassifierConfig, project_id: int,
+                 pending: Iterator[tuple[str, ReviewItem]]) -> Iterator[tuple[str, ReviewItem]]:
+        """``pending`` without the model-doubt items that nearly repeat an open task or one chosen
+        before them (they stay in the backlog until their twin is answered). Explicit feedback
+        always passes: a user is waiting on it. Skips at most ``MAX_NEAR_DUPLICATE_SKIPS`` per pass."""
+        if cfg.near_duplicate_similarity >= 1:
+            yield from pending
+            return
+        window: list[frozenset[int]] | None = None  # the open tasks' sketches, read once if needed
+        passed: list[frozenset[int]] = []
+        skipped = 0
+        for key, item in pending:
+            mine = self._sketch(item.text_hash, item.text)
+            if item.tier == 2:
+                if window is None:
+                    window = [self._sketch(str(t["data"].get("text_hash") or f"task-{t['id']}"),
+                                           str(t["data"].get("text", "")))
+                              for t in self.projects.open_task_data(project_id)]
+                if any(similarity(mine, other) >= cfg.near_duplicate_similarity
+                       for other in itertools.chain(window, passed)):
+                    skipped += 1
+                    NEAR_DUPLICATES.labels(cfg.name).inc()
+                    if skipped >= MAX_NEAR_DUPLICATE_SKIPS:
+                        return
+                    continue
+            passed.append(mine)
+            yield key, item
+
+    def _displace(self, cfg: ClassifierConfig, project_id: int, pending: Iterator[tuple[str, ReviewItem]],
+                  bound: float) -> int:
+        """Swap the lowest-priority unstarted open tasks for better backlog items, one for one.
+
+        The window is full here; ``pending`` continues best-first after what just entered. A tie
+        does not swap (no churn). Returns the number of items that entered the window.
+        """
+        # the best marker bounds every waiting priority: asking Label Studio first keeps the common
+        # case (nothing to swap) at one request, before any item is loaded or the window read
+        victims = self.projects.displaceable(project_id, below=bound)
+        incoming = next(pending, None) if victims else None
+        if incoming is None:
             return 0
+        swaps: list[tuple[ReviewItem, int]] = []
         batch: list[tuple[str, ReviewItem]] = []
-        for key in keys:
-            if len(batch) >= need:
+        for task in victims:
+            task_id, data = int(task["id"]), task.get("data") or {}
+            owner = self.load(cfg.name, str(data.get("text_hash")))
+            if owner is not None and owner.stale_task_id == task_id:  # a displacement cut short:
+                self.projects.delete_task(task_id)  # finish it, the place is free
+                owner.stale_task_id = None
+                self.save(owner)
+            elif owner is None or owner.state != "open" or owner.task_id != task_id:
+                continue  # not ours to move (an import being adopted, a foreign task)
+            elif owner.priority >= incoming[1].priority:
+                continue  # not below this item (task data may be stale): the item itself decides
+            else:
+                swaps.append((owner, task_id))
+            batch.append(incoming)
+            incoming = next(pending, None)
+            if incoming is None:
                 break
-            item = self.load(cfg.name, key.rsplit("-", 1)[-1])
-            if item is None or item.state == "open" or item.backlog_key != key:
-                self._del_marker(cfg.name, key)  # stale: re-keyed or already in Label Studio
-                continue
-            batch.append((key, item))
+        for owner, task_id in swaps:
+            self._back_to_backlog(owner, task_id)
+        if swaps:
+            log.info("review window of %s: %d task(s) displaced by higher-priority requests",
+                     cfg.name, len(swaps))
+            DISPLACED.labels(cfg.name).inc(len(swaps))
+        return self._open_batch(cfg, project_id, batch)
+
+    def _back_to_backlog(self, item: ReviewItem, task_id: int) -> None:
+        """Return an open item to the backlog and delete its task.
+
+        Saved first with ``stale_task_id``: a crash before the delete leaves a task that the next
+        pass deletes (or adopts back when the item re-enters), never a second task for the item.
+        """
+        item.state, item.task_id, item.stale_task_id = "backlog", None, task_id
+        item.backlog_key = item.marker()
+        self.save(item)
+        self._put_marker(item)
+        self.projects.delete_task(task_id)
+        item.stale_task_id = None
+        self.save(item)
+
+    def _open_batch(self, cfg: ClassifierConfig, project_id: int, batch: list[tuple[str, ReviewItem]]) -> int:
+        """Give each (marker, item) a task: adopt one left by a crash, else import (one request)."""
         if not batch:
             return 0
         to_import: list[tuple[str, ReviewItem]] = []
         for key, item in batch:
+            if item.stale_task_id is not None:  # displaced, but its task was never deleted
+                task = self.projects.get_task(item.stale_task_id)
+                if task is not None:
+                    self._opened(item, key, item.stale_task_id)
+                    self._sync_task(item)
+                    continue
+                item.stale_task_id = None
             if item.state == "creating":
                 found = self.projects.find_by_data(project_id, "item_key", item.item_key)
                 if found:  # imported before a crash, never recorded: adopt it
@@ -362,7 +486,7 @@ class ReviewQueue:
         return len(batch)
 
     def _opened(self, item: ReviewItem, key: str, task_id: int) -> None:
-        item.state, item.task_id, item.backlog_key = "open", task_id, None
+        item.state, item.task_id, item.backlog_key, item.stale_task_id = "open", task_id, None, None
         self.save(item)
         self._del_marker(item.classifier, key)
 

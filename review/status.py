@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from infra.objectstore import ObjectStore
 from infra.reviewed import load_reviewed
+from infra.routing_stats import read_snapshots
 from infra.settings import Settings
 from infra.tenants import NotFound, TenantStore
 from review.labelstudio import LabelStudioUnavailable, ReviewProjects
@@ -31,6 +32,14 @@ class ReviewStatus(BaseModel):
     reviewed_per_label: dict[str, int]
     agreement: float | None = Field(description="share of reviews that kept the model's label")
     oldest_pending_age_s: float | None
+    threshold: float | None = Field(default=None, description="the fixed routing threshold; None: budget-derived")
+    review_budget_per_day: int | None = None
+    traffic_per_day: float | None = Field(
+        default=None, description="classify texts per day over the replicas' rolling windows (None: no recent traffic)")
+    projected_reviews_per_day: float | None = Field(
+        default=None, description="low-confidence review requests per day at the thresholds in force now")
+    thresholds_in_force: list[float | None] = Field(
+        default_factory=list, description="per serving replica (None: everything goes to review)")
 
 
 def _age_from_marker(key: str, now: datetime) -> float | None:
@@ -67,6 +76,7 @@ def review_status(settings: Settings, classifier: str, *, store: ObjectStore | N
     else:
         pending = 0
 
+    routing = read_snapshots(store, classifier, now=now)
     records = load_reviewed(store, classifier, include_skipped=True)
     labelled = [r for r in records if not r.skipped]
     per_label = Counter(r.label for r in labelled if r.label is not None)
@@ -84,4 +94,9 @@ def review_status(settings: Settings, classifier: str, *, store: ObjectStore | N
         reviewed_per_label=dict(sorted(per_label.items())),
         agreement=None if agreement is None else round(agreement, 4),
         oldest_pending_age_s=round(max(ages), 1) if ages else None,
+        threshold=cfg.threshold,
+        review_budget_per_day=cfg.review_budget_per_day,
+        traffic_per_day=round(sum(r.texts_per_day for r in routing), 1) if routing else None,
+        projected_reviews_per_day=round(sum(r.routed_per_day for r in routing), 1) if routing else None,
+        thresholds_in_force=[r.threshold for r in sorted(routing, key=lambda r: r.replica)],
     )

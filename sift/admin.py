@@ -19,7 +19,8 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(req
 class CreateClassifier(BaseModel):
     name: str
     labels: list[str]
-    threshold: float = 0.6
+    threshold: float | None = Field(default=None, description="default 0.6; with a review budget: derived")
+    review_budget_per_day: int | None = None
     base_model: str = ""
     description: str = ""
     review_window: int = 50
@@ -29,7 +30,8 @@ class CreateClassifier(BaseModel):
 
 
 class UpdateClassifier(BaseModel):
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, description="null: derive it from the review budget")
+    review_budget_per_day: int | None = Field(default=None, description="null: no budget")
     description: str | None = None
     review_window: int | None = None
     rate_limit_per_s: float | None = None
@@ -40,7 +42,8 @@ class UpdateClassifier(BaseModel):
 class ClassifierView(BaseModel):
     name: str
     labels: list[str]
-    threshold: float
+    threshold: float | None
+    review_budget_per_day: int | None
     base_model: str
     description: str
     review_window: int
@@ -67,6 +70,19 @@ class Created(BaseModel):
 class NewKey(BaseModel):
     api_key: str
     key_id: str
+
+
+NULLABLE = {"threshold", "review_budget_per_day"}
+
+
+def config_changes(body: UpdateClassifier) -> dict[str, object]:
+    """The fields a PATCH changes. An explicit null clears ``threshold`` or ``review_budget_per_day``;
+    a budget sent without a threshold hands routing to the budget (send both to keep a fixed one)."""
+    sent = body.model_dump(exclude_unset=True)
+    changes = {k: v for k, v in sent.items() if v is not None or k in NULLABLE}
+    if changes.get("review_budget_per_day") is not None and "threshold" not in changes:
+        changes["threshold"] = None
+    return changes
 
 
 def _tenant_error(exc: TenantError) -> HTTPException:
@@ -105,7 +121,7 @@ def show(name: str, services: Services = Depends(get_services)) -> ClassifierVie
 def update(name: str, body: UpdateClassifier, services: Services = Depends(get_services)) -> ClassifierView:
     try:
         cfg = services.tenants.require(name)
-        merged = cfg.model_dump() | body.model_dump(exclude_none=True)
+        merged = cfg.model_dump() | config_changes(body)
         try:
             updated = ClassifierConfig.model_validate(merged)
         except ValidationError as exc:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from classifier.api import router as classify_router
 from classifier.engine import LoadFailureHook, ServingEngine
+from classifier.routing import BudgetRouter
 from feedback.api import router as feedback_router
 from infra.alerts import Alert, send_alert_later
 from infra.guards import BodyLimit, Guards
@@ -70,6 +71,7 @@ def build_services(settings: Settings, *, engine: ServingEngine | None = None,
     )
     _engine(services).on_load_failure = load_failure_alert(services, settings)
     services.predictions = PredictionStore(services.store)
+    services.review_router = BudgetRouter()
     services.publisher = publisher or EventPublisher(settings)
     services.review_collector = build_collector(services, services.publisher)
     return services
@@ -163,6 +165,9 @@ def create_app(settings: Settings | None = None, *, engine: ServingEngine | None
         app.state.services = services
         threading.Thread(target=_preload, args=(services, ready, failed, settings.preload_concurrency),
                          daemon=True, name="preload").start()
+        sharing = threading.Event()  # set at shutdown
+        cast(BudgetRouter, services.review_router).start_sharing(
+            services.store, services.tenant_cache.get, sharing, settings.routing_share_interval_s)
         watcher = None
         if settings.model_watch:
             from classifier.model_watch import ModelWatcher
@@ -173,6 +178,7 @@ def create_app(settings: Settings | None = None, *, engine: ServingEngine | None
         try:
             yield
         finally:
+            sharing.set()
             if listener is not None:
                 await asyncio.to_thread(listener.stop)
             if watcher is not None:

@@ -63,7 +63,10 @@ def _print(obj: object) -> None:
 def classifiers_create(
     name: str,
     labels: str = typer.Option(..., help="comma-separated labels, e.g. earn,acq,crude"),
-    threshold: float = typer.Option(0.6, help="predictions below this confidence go to review"),
+    threshold: float | None = typer.Option(
+        None, help="predictions below this confidence go to review (default 0.6; derived with a budget)"),
+    review_budget_per_day: int | None = typer.Option(
+        None, help="about this many texts a day go to review: the threshold follows recent confidences"),
     base_model: str = typer.Option("", help="Hugging Face id or local path; default: the shipped MiniLM"),
     description: str = typer.Option(""),
 ) -> None:
@@ -75,7 +78,7 @@ def classifiers_create(
     try:
         cfg = build_config(
             name=name, labels=[x.strip() for x in labels.split(",") if x.strip()], threshold=threshold,
-            base_model=base_model, description=description,
+            review_budget_per_day=review_budget_per_day, base_model=base_model, description=description,
         )
         cfg, key, warnings = create_classifier(get_settings(), _tenants(), cfg)
     except TenantError as exc:
@@ -109,6 +112,9 @@ def classifiers_show(name: str) -> None:
 def classifiers_update(
     name: str,
     threshold: float | None = typer.Option(None),
+    review_budget_per_day: int | None = typer.Option(
+        None, help="texts a day to review; hands routing to the budget unless --threshold is given too"),
+    no_review_budget: bool = typer.Option(False, "--no-review-budget", help="remove the review budget"),
     description: str | None = typer.Option(None),
     min_new_labels: int | None = typer.Option(None, help="retrain after this many new reviewed labels"),
     schedule: str | None = typer.Option(None, help="retrain schedule: daily, weekly or a cron expression"),
@@ -124,6 +130,12 @@ def classifiers_update(
         data = cfg.model_dump()
         if threshold is not None:
             data["threshold"] = threshold
+        if review_budget_per_day is not None:
+            data["review_budget_per_day"] = review_budget_per_day
+            if threshold is None:
+                data["threshold"] = None
+        if no_review_budget:
+            data["review_budget_per_day"] = None
         if description is not None:
             data["description"] = description
         if min_new_labels is not None:

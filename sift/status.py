@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from infra.settings import Settings
 
@@ -22,7 +22,7 @@ GROUPS = {"review": ["review-requests"], "retrain": ["reviewed-labels"]}  # shor
 
 class ClassifierStatus(BaseModel):
     name: str
-    threshold: float
+    threshold: float | None = Field(default=None, description="None: derived from the review budget")
     champion: str | None = None
     backlog: int | None = None
     pending_tasks: int | None = None
@@ -132,7 +132,8 @@ def render(status: PipelineStatus) -> str:
         return "-" if value is None else str(value)
 
     for c in status.classifiers:
-        lines.append(f"  {c.name:<16} {cell(c.champion):>8} {c.threshold:>6.2f} {cell(c.backlog):>7} "
+        thresh = "budget" if c.threshold is None else f"{c.threshold:.2f}"
+        lines.append(f"  {c.name:<16} {cell(c.champion):>8} {thresh:>6} {cell(c.backlog):>7} "
                      f"{cell(c.pending_tasks):>7} {cell(c.reviewed):>8}  {cell(c.last_retrain)}")
         if c.drift:
             lines.append(f"      drift: {c.drift}")

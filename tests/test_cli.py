@@ -63,6 +63,24 @@ def test_cli_errors_are_clear(sift_settings, tmp_path):
     assert res.returncode == 2 and "text" in res.stderr
 
 
+def test_review_budget_from_the_cli(sift_settings):
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    created = json.loads(sift("classifiers", "create", name, "--labels", "finance,sports",
+                              "--review-budget-per-day", "100").stdout)["classifier"]
+    assert created["threshold"] is None and created["review_budget_per_day"] == 100  # the budget routes
+    sift("classifiers", "update", name, "--threshold", "0.7")
+    shown = json.loads(sift("classifiers", "show", name).stdout)
+    assert shown["threshold"] == 0.7 and shown["review_budget_per_day"] == 100  # a fixed threshold wins
+    bad = sift("classifiers", "update", name, "--review-budget-per-day", "0", check=False)
+    assert bad.returncode == 2 and "review_budget_per_day" in bad.stderr
+    sift("classifiers", "update", name, "--review-budget-per-day", "250")
+    shown = json.loads(sift("classifiers", "show", name).stdout)
+    assert shown["threshold"] is None and shown["review_budget_per_day"] == 250
+    sift("classifiers", "update", name, "--no-review-budget")
+    shown = json.loads(sift("classifiers", "show", name).stdout)
+    assert shown["threshold"] == 0.6 and shown["review_budget_per_day"] is None
+
+
 def test_demo_is_a_top_level_command():
     helped = sift("demo", "--help")
     assert "uncertainty vs random" in helped.stdout and "--part" in helped.stdout

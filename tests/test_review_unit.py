@@ -8,7 +8,7 @@ from xml.etree import ElementTree
 from infra.events import ReviewedLabel, ReviewRequest
 from infra.reviewed import load_reviewed
 from review.labelstudio import label_config, parse_annotation
-from review.queue import ReviewItem, margin_of, tier_of
+from review.queue import ReviewItem, margin_of, marker_priority, tier_of
 
 
 def req(text: str = "t", **kw) -> ReviewRequest:  # noqa: ANN003
@@ -28,6 +28,10 @@ def test_priority_order_user_errors_then_margin_then_age() -> None:
     tight_later = ReviewItem.new(req("e", scores={"tech": 0.41, "sports": 0.40}, created_at=t0 + timedelta(1)))
     order = sorted([loose, tight_later, like, tight, confident_dispute], key=lambda i: i.marker())
     assert [i.text for i in order] == ["a", "b", "c", "e", "d"]
+    # the marker carries the priority: the window bounds displacement by it before loading items
+    for item in order:
+        assert marker_priority(item.marker()) == item.priority
+    assert [marker_priority(i.marker()) for i in order] == sorted((i.priority for i in order), reverse=True)
     assert [i.priority for i in order] == sorted((i.priority for i in order), reverse=True)
 
 

@@ -157,7 +157,8 @@ def test_two_review_workers_split_the_partitions_and_each_request_is_one_task(re
     while len(cfgs) < n:
         name = f"rv-{uuid.uuid4().hex[:8]}"
         if partition_of(name, n) not in cfgs:
-            cfg, _ = env.api.services.tenants.create(ClassifierConfig(name=name, labels=LABELS))
+            cfg, _ = env.api.services.tenants.create(ClassifierConfig(name=name, labels=LABELS,
+                                                                      near_duplicate_similarity=1.0))
             ensure_project(env.settings, env.api.services.tenants, cfg, env.projects)
             cfgs[partition_of(name, n)] = env.api.services.tenants.require(name)
 
