@@ -28,6 +28,8 @@ stopped the drain at that row, and every later event of the replica stayed in th
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -36,6 +38,8 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import errors as kafka_errors
@@ -84,6 +88,24 @@ def refusal(exc: BaseException, by: str) -> str:
     """A DeadLetter error whose first word is its kind (``too-large`` / ``refused``), as ops groups them."""
     too_large = isinstance(exc, kafka_errors.MessageSizeTooLargeError | kafka_errors.RecordListTooLargeError)
     return f"{'too-large' if too_large else 'refused'}: by {by}: {exc!r}"
+
+
+@dataclass
+class _Waiting:
+    """One ``submit_durable`` event waiting for its group."""
+
+    record: SpooledRecord
+    dead: bool
+    deadline: float
+    future: Future[DurableOutcome]
+
+
+@dataclass
+class _Commit:
+    acked: list[bool]  # per record
+    dead: list[bool]  # per record: its DeadLetter went instead
+    lost: list[int]  # records neither acked nor spooled (the spool write failed)
+    error: str | None  # why, when ``lost``
 
 
 # part of publish_durable's timeout kept for the spool write when the broker does not ack in time
@@ -136,6 +158,10 @@ class EventPublisher:
         self._spool_alarm = Episode()
         self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
         self._thread.start()
+        self._group_queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
+        self._group_lock = threading.Lock()
+        self._group_thread = threading.Thread(target=self._group_run, name="event-group-commit", daemon=True)
+        self._group_thread.start()
 
     # ---- caller side -------------------------------------------------------------------------
 
@@ -191,66 +217,140 @@ class EventPublisher:
         thread redelivers it. An event both acked late and spooled reaches the topic twice with
         the same ``event_id``: consumers dedupe. Raises ``NotDurable`` (nothing of this call is
         left only in memory) when the spool write fails too; a serialization bug raises as is.
-        Blocking by design: call it from a worker thread, not the event loop.
+        Blocking by design: call it from a worker thread, not the event loop (or use ``submit_durable``).
         """
         batch = [events] if isinstance(events, Event) else list(events)
         records = [self._record(short_topic, ev) for ev in batch]
         if not records:
             return DurableOutcome(acked=0, spooled=0)
+        dead = self._dead_flags(short_topic, records)
+        commit = self._commit(records, dead, time.monotonic() + timeout)
+        if commit.error is not None:
+            raise NotDurable(f"{len(commit.lost)} of {len(records)} events {commit.error}")
+        return DurableOutcome(acked=sum(commit.acked), spooled=len(records) - sum(commit.acked),
+                              dead_lettered=sum(commit.dead))
+
+    def submit_durable(self, short_topic: str, event: Event, *, timeout: float = 5.0) -> Future[DurableOutcome]:
+        """``publish_durable`` for one event without blocking: a future the group sender resolves.
+
+        Group commit: every event submitted while the previous group was on its way to the broker
+        goes out in the next group, which shares one produce batch and one flush (or one spool
+        transaction when the broker does not ack in time), so N concurrent requests cost about one
+        broker round trip, not N. The future's result is the event's ``DurableOutcome`` (acked or
+        spooled); its exception is ``NotDurable`` when neither happened. Await it with
+        ``asyncio.wrap_future``: no thread is held per waiting request.
+        """
+        record = self._record(short_topic, event)
+        item = _Waiting(record, self._dead_flags(short_topic, [record])[0], time.monotonic() + timeout, Future())
+        with self._group_lock:  # close() flips _closing under this lock: nothing is queued after the thread left
+            if not self._closing.is_set():
+                self._group_queue.put(item)
+                return item.future
+        self._commit_group([item])  # closing: straight to the spool, in the caller's thread
+        return item.future
+
+    def _dead_flags(self, short_topic: str, records: list[SpooledRecord]) -> list[bool]:
+        """Which records already stand for a dead-lettered event (not when the caller publishes DeadLetters)."""
         dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
-        dead = 0 if short_topic == TOPIC_DEAD_LETTER else sum(r.topic == dl_topic for r in records)
-        deadline = time.monotonic() + timeout
-        producer = self._producer
-        pending = records
-        acked = 0
+        return [short_topic != TOPIC_DEAD_LETTER and r.topic == dl_topic for r in records]
+
+    def _commit(self, records: list[SpooledRecord], dead: list[bool], deadline: float) -> _Commit:
+        """Send ``records``, flush once, spool whatever is not acked by ``deadline`` in one transaction.
+
+        ``dead`` is updated in place for records the producer or broker refuses for good (their
+        DeadLetter travels instead). Never raises for the broker or the spool: the result says
+        which records were acked, and which were lost with ``error`` when the spool write failed.
+        """
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
+        acked = [False] * len(records)
+        pending: list[tuple[int, SpooledRecord]] = list(enumerate(records))
         why = "broker unavailable"
-        if producer is not None and self._up and not self._closing.is_set():
-            futures: list[tuple[SpooledRecord, Any]] = []
-            unsent: list[SpooledRecord] = []
-            queue_ = list(records)
-            while queue_:
-                r = queue_.pop(0)
+        producer = self._producer
+        if (producer is not None and self._up and not self._closing.is_set()
+                and deadline - SPOOL_RESERVE_S > time.monotonic()):
+            futures: list[tuple[int, SpooledRecord, Any]] = []
+            unsent: list[tuple[int, SpooledRecord]] = []
+            todo = collections.deque(pending)
+            while todo:
+                i, r = todo.popleft()
                 try:
-                    futures.append((r, producer.send(r.topic, r.value, key=r.key)))
+                    futures.append((i, r, producer.send(r.topic, r.value, key=r.key)))
                 except Exception as exc:
                     if non_retriable(exc) and r.topic != dl_topic:  # this record only: its DeadLetter instead
-                        queue_.insert(0, self._dead_letter(r, refusal(exc, "the producer")))
-                        dead += 1
+                        todo.appendleft((i, self._dead_letter(r, refusal(exc, "the producer"))))
+                        dead[i] = True
                         continue
                     why = f"send failed: {exc!r}"  # metadata or buffer wait ran out: the broker is not there
-                    unsent = [r, *queue_]
+                    unsent = [(i, r), *todo]
                     break
-            failed: list[SpooledRecord] = []
+            if futures:
+                # one flush for the whole group (no linger, one wait); the futures below say what is unacked
+                with contextlib.suppress(Exception):
+                    producer.flush(timeout=max(0.0, deadline - SPOOL_RESERVE_S - time.monotonic()))
+            failed: list[tuple[int, SpooledRecord]] = []
             broker_trouble = False
-            for r, f in futures:
+            for i, r, f in futures:
                 try:
                     f.get(timeout=max(0.0, deadline - SPOOL_RESERVE_S - time.monotonic()))
-                    acked += 1
+                    acked[i] = True
                 except Exception as exc:
                     if non_retriable(exc) and r.topic != dl_topic:  # refused by the broker: spool its DeadLetter
-                        failed.append(self._dead_letter(r, refusal(exc, "the broker")))
-                        dead += 1
+                        failed.append((i, self._dead_letter(r, refusal(exc, "the broker"))))
+                        dead[i] = True
                         continue
                     why = f"no ack: {exc!r}"
-                    failed.append(r)
+                    failed.append((i, r))
                     broker_trouble = True
             pending = failed + unsent
             if broker_trouble or unsent:
                 self._up = False  # next calls go straight to the spool until the sender sees the broker
-        if pending:
+        n_acked = sum(acked)
+        self._count(sent=n_acked)
+        if not pending:
+            return _Commit(acked, dead, [], None)
+        try:
+            self.spool.append([r for _, r in pending])
+        except Exception as exc:
+            log.error("%d of %d events neither acked (%s) nor spooled (%r)", len(pending), len(records), why, exc)
+            return _Commit(acked, dead, [i for i, _ in pending],
+                           f"were neither acknowledged by the broker ({why}) nor written to the local spool ({exc})")
+        self._count(spooled=len(pending), spool_rows=len(pending))
+        return _Commit(acked, dead, [], None)
+
+    def _commit_group(self, group: list[_Waiting]) -> None:
+        """Commit one group and resolve each waiter's future with its own outcome."""
+        try:
+            commit = self._commit([w.record for w in group], [w.dead for w in group],
+                                  min(w.deadline for w in group))
+        except Exception as exc:  # a bug: every waiter hears of it rather than hanging
+            log.exception("group commit of %d events failed", len(group))
+            for w in group:
+                w.future.set_exception(exc)
+            return
+        lost = set(commit.lost)
+        for i, w in enumerate(group):
+            if i in lost:
+                w.future.set_exception(NotDurable(f"this event and {len(lost) - 1} other(s) of its group "
+                                                  f"{commit.error}"))
+            else:
+                w.future.set_result(DurableOutcome(acked=int(commit.acked[i]), spooled=int(not commit.acked[i]),
+                                                   dead_lettered=int(commit.dead[i])))
+
+    def _group_run(self, limit: int = 2_000) -> None:
+        """The group sender: whatever queued while the last group was out goes as the next group."""
+        while True:
             try:
-                self.spool.append(pending)
-            except Exception as exc:
-                self._count(sent=acked)
-                log.error("%d of %d events neither acked (%s) nor spooled (%r)", len(pending), len(records), why,
-                          exc)
-                raise NotDurable(
-                    f"{len(pending)} of {len(records)} events were neither acknowledged by the broker ({why}) "
-                    f"nor written to the local spool ({exc})"
-                ) from exc
-            self._count(spooled=len(pending), spool_rows=len(pending))
-        self._count(sent=acked)
-        return DurableOutcome(acked=acked, spooled=len(pending), dead_lettered=dead)
+                group = [self._group_queue.get(timeout=0.1)]
+            except queue.Empty:
+                if self._closing.is_set():
+                    return  # submit_durable queues nothing once _closing is set
+                continue
+            while len(group) < limit:
+                try:
+                    group.append(self._group_queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit_group(group)
 
     def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None:
         """Queue the event for the broker; never raises for the broker.
@@ -300,7 +400,17 @@ class EventPublisher:
         if self._closing.is_set():
             return
         deadline = time.monotonic() + timeout
-        self._closing.set()
+        with self._group_lock:
+            self._closing.set()
+        self._group_thread.join(max(0.1, deadline - time.monotonic()))  # queued groups: spooled (closing)
+        stranded: list[_Waiting] = []
+        while True:  # only when the group thread did not finish in time
+            try:
+                stranded.append(self._group_queue.get_nowait())
+            except queue.Empty:
+                break
+        if stranded:
+            self._commit_group(stranded)
         self._thread.join(max(0.1, deadline - time.monotonic()))
         leftovers: list[SpooledRecord] = []
         while True:
