@@ -121,6 +121,7 @@ class PublisherStats(BaseModel):
     pending: int  # queued + in flight + rows in the spool
     spool_rows: int
     broker_up: bool
+    groups: int = 0  # group commits of submit_durable events (events per group = their mean size)
 
 
 class EventPublisher:
@@ -151,7 +152,7 @@ class EventPublisher:
         self._producer: Any = None
         self._up = False
         self._closing = threading.Event()
-        self._sent = self._spooled = self._redelivered = self._dropped = self._dead_lettered = 0
+        self._sent = self._spooled = self._redelivered = self._dropped = self._dead_lettered = self._groups = 0
         self._max_record_bytes = settings.kafka_max_record_bytes
         self._counter_lock = threading.Lock()
         self._spool_rows = len(self.spool)
@@ -319,6 +320,7 @@ class EventPublisher:
 
     def _commit_group(self, group: list[_Waiting]) -> None:
         """Commit one group and resolve each waiter's future with its own outcome."""
+        self._count(groups=1)
         try:
             commit = self._commit([w.record for w in group], [w.dead for w in group],
                                   min(w.deadline for w in group))
@@ -392,7 +394,7 @@ class EventPublisher:
             sent=self._sent, spooled=self._spooled, redelivered=self._redelivered, dropped=self._dropped,
             dead_lettered=self._dead_lettered,
             pending=self._queue.qsize() + inflight + self._spool_rows, spool_rows=self._spool_rows,
-            broker_up=self._up,
+            broker_up=self._up, groups=self._groups,
         )
 
     def close(self, timeout: float = 10.0) -> None:
