@@ -29,7 +29,6 @@ stopped the drain at that row, and every later event of the replica stayed in th
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import json
 import logging
@@ -135,6 +134,7 @@ class EventPublisher:
         max_inflight: int = 5_000,
         ensure_topics: bool = True,
         producer_overrides: dict[str, Any] | None = None,
+        group_senders: int | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus or Bus(settings, client_id="sift-publisher")
@@ -161,8 +161,12 @@ class EventPublisher:
         self._thread.start()
         self._group_queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self._group_lock = threading.Lock()
-        self._group_thread = threading.Thread(target=self._group_run, name="event-group-commit", daemon=True)
-        self._group_thread.start()
+        # several senders: a group waits for its acks, so one sender alone would leave the broker idle
+        # between round trips (the producer pipelines up to 5 requests per connection)
+        self._group_threads = [threading.Thread(target=self._group_run, name=f"event-group-commit-{i}", daemon=True)
+                               for i in range(group_senders or settings.group_commit_senders)]
+        for t in self._group_threads:
+            t.start()
 
     # ---- caller side -------------------------------------------------------------------------
 
@@ -232,14 +236,16 @@ class EventPublisher:
                               dead_lettered=sum(commit.dead))
 
     def submit_durable(self, short_topic: str, event: Event, *, timeout: float = 5.0) -> Future[DurableOutcome]:
-        """``publish_durable`` for one event without blocking: a future the group sender resolves.
+        """``publish_durable`` for one event without blocking: a future a group sender resolves.
 
-        Group commit: every event submitted while the previous group was on its way to the broker
-        goes out in the next group, which shares one produce batch and one flush (or one spool
-        transaction when the broker does not ack in time), so N concurrent requests cost about one
-        broker round trip, not N. The future's result is the event's ``DurableOutcome`` (acked or
-        spooled); its exception is ``NotDurable`` when neither happened. Await it with
-        ``asyncio.wrap_future``: no thread is held per waiting request.
+        Group commit: the events submitted while the senders were busy go out together as one group
+        — sent at once (the producer's 5 ms linger joins them, and concurrent groups, into shared
+        produce requests), their acks awaited once, and whatever is not acked by the earliest
+        deadline of the group spooled in one transaction — so N concurrent requests cost a few broker
+        round trips, not N. ``settings.group_commit_senders`` groups travel at once (a lone sender
+        would leave the connection idle while it waits). The future's result is the event's own
+        ``DurableOutcome``; its exception ``NotDurable`` when neither broker nor spool took it. Await
+        it with ``asyncio.wrap_future``: no thread is held per waiting request.
         """
         record = self._record(short_topic, event)
         item = _Waiting(record, self._dead_flags(short_topic, [record])[0], time.monotonic() + timeout, Future())
@@ -256,7 +262,8 @@ class EventPublisher:
         return [short_topic != TOPIC_DEAD_LETTER and r.topic == dl_topic for r in records]
 
     def _commit(self, records: list[SpooledRecord], dead: list[bool], deadline: float) -> _Commit:
-        """Send ``records``, flush once, spool whatever is not acked by ``deadline`` in one transaction.
+        """Send ``records``, wait for their acks, spool whatever is not acked by ``deadline`` in one
+        transaction.
 
         ``dead`` is updated in place for records the producer or broker refuses for good (their
         DeadLetter travels instead). Never raises for the broker or the spool: the result says
@@ -284,10 +291,6 @@ class EventPublisher:
                     why = f"send failed: {exc!r}"  # metadata or buffer wait ran out: the broker is not there
                     unsent = [(i, r), *todo]
                     break
-            if futures:
-                # one flush for the whole group (no linger, one wait); the futures below say what is unacked
-                with contextlib.suppress(Exception):
-                    producer.flush(timeout=max(0.0, deadline - SPOOL_RESERVE_S - time.monotonic()))
             failed: list[tuple[int, SpooledRecord]] = []
             broker_trouble = False
             for i, r, f in futures:
@@ -339,7 +342,7 @@ class EventPublisher:
                                                    dead_lettered=int(commit.dead[i])))
 
     def _group_run(self, limit: int = 2_000) -> None:
-        """The group sender: whatever queued while the last group was out goes as the next group."""
+        """A group sender: whatever queued while the senders were busy goes as its next group."""
         while True:
             try:
                 group = [self._group_queue.get(timeout=0.1)]
@@ -404,7 +407,8 @@ class EventPublisher:
         deadline = time.monotonic() + timeout
         with self._group_lock:
             self._closing.set()
-        self._group_thread.join(max(0.1, deadline - time.monotonic()))  # queued groups: spooled (closing)
+        for t in self._group_threads:  # queued groups: spooled (closing)
+            t.join(max(0.1, deadline - time.monotonic()))
         stranded: list[_Waiting] = []
         while True:  # only when the group thread did not finish in time
             try:
