@@ -109,6 +109,9 @@ def _engine(services: Services) -> ServingEngine:
 def _preload(services: Services, done: threading.Event, failed: dict[str, str], concurrency: int) -> None:
     """Load every classifier's champion before declaring the replica ready; note what failed.
 
+    Under a memory budget (``SIFT_MODEL_MEMORY_MB``) only as many as fit: the rest load on their
+    first request.
+
     Several at once: with many tenants the downloads dominate and overlap (the engine loads one at a time).
     """
     engine = _engine(services)
