@@ -14,7 +14,10 @@ broker's ack, the promise Sift's 202 makes. Both run as their own process under 
    topic; p50/p99; for group commit, events per group (the publisher's stats).
 2. batch: one CSV of BATCH_ROWS rows to the baseline and to Sift; rows/s until the last event is on
    the topic.
-3. classify p50/p99 with routing on (threshold 1.0: every result published) vs off (threshold
+3. the publisher alone, without HTTP: N threads publishing durable events per request
+   (``publish_durable``) vs group commit (``submit_durable``), DURATION/3 s each, twice alternated;
+   on a machine where HTTP is the bottleneck this is what group commit changes.
+4. classify p50/p99 with routing on (threshold 1.0: every result published) vs off (threshold
    ~0: none), same server and model, same load (skipped with --skip-classify).
 A bare in-process producer's rate is printed as the broker's ceiling (no HTTP), not as a baseline.
 
@@ -132,6 +135,62 @@ def bare_producer_rate(settings: Settings, n: int) -> float:
     return rate
 
 
+def publisher_rates(settings: Settings, concurrency: list[int], duration: float) -> dict:
+    """The publisher alone, no HTTP: N threads each publishing one durable event after another,
+    per request (``publish_durable``, the path before group commit) vs group commit
+    (``submit_durable(...).result()``), alternated twice so drift cancels. Where HTTP is the
+    bottleneck (a loaded machine), this is what group commit changes."""
+    import threading
+
+    from infra.events import ReviewRequest
+    from infra.publisher import EventPublisher
+
+    pub = EventPublisher(settings.model_copy(update={"topic_prefix": settings.topic_prefix + "pub."}))
+    if not wait_until(lambda: pub.stats().broker_up, 60):  # until then every event would go to the spool
+        raise RuntimeError("the publisher did not connect to the broker")
+    ev = ReviewRequest(classifier="bench", text="warm-up", predicted_label="tech", source="user_feedback",
+                       verdict="like")
+    pub.publish_durable("review-requests", ev)
+    out: dict = {}
+    try:
+        for _ in range(2):
+            for mode in ("per_request", "group_commit"):
+                for clients in concurrency:
+                    lat: list[float] = []
+                    deadline = time.monotonic() + duration
+                    groups0 = pub.stats().groups
+
+                    def worker(w: int, mode: str = mode, lat: list[float] = lat, deadline: float = deadline) -> None:
+                        i = 0
+                        while time.monotonic() < deadline:
+                            e = ReviewRequest(classifier="bench", text=f"client {w} says {i}", predicted_label="tech",
+                                              source="user_feedback", verdict="like")
+                            t0 = time.perf_counter()
+                            if mode == "per_request":
+                                pub.publish_durable("review-requests", e)
+                            else:
+                                pub.submit_durable("review-requests", e).result()
+                            lat.append(time.perf_counter() - t0)
+                            i += 1
+
+                    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+                    t0 = time.perf_counter()
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    wall = time.perf_counter() - t0
+                    lat.sort()
+                    run = {"events": len(lat), "events_per_s": len(lat) / wall,
+                           "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+                           "groups": pub.stats().groups - groups0}
+                    out.setdefault(mode, {}).setdefault(str(clients), []).append(run)
+        out["spooled"] = pub.stats().spooled
+    finally:
+        pub.close()
+    return out
+
+
 def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready: str = "/healthz") -> subprocess.Popen:
     # preexec: the server dies with this process, so an interrupted benchmark leaves nothing running
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
@@ -228,6 +287,7 @@ def feedback_phases(settings: Settings, work: Path, args: argparse.Namespace) ->
         variant = settings.model_copy(update={"topic_prefix": f"bench-{label}."})
         out[label] = http_phases(label, [*argv, str(port)], variant, work, args, key, port, batch=batch)
     out["bare_producer_events_per_s"] = bare_producer_rate(settings, 20_000)
+    out["publisher"] = publisher_rates(settings, args.concurrency, args.duration / 3)
     return out
 
 
@@ -355,6 +415,25 @@ def main() -> None:
         lines += ["", f"group commit: {last['sent']:,} events acked in {last['groups']:,} groups "
                       f"({last['sent'] / last['groups']:.1f} events per group over all loads); spooled "
                       f"{last['spooled']}"]
+    pubr = fb["publisher"]
+
+    def mean(runs: list[dict], key: str) -> float:
+        return sum(r[key] for r in runs) / len(runs)
+    lines += ["", f"publisher alone (no HTTP; threads, {args.duration / 3:.0f} s x 2 alternated runs each; "
+                  f"{pubr['spooled']} spooled)", "",
+              "| publisher | clients | per-request | group commit | group/per-request |", "|---|---|---|---|---|"]
+    for c in map(str, args.concurrency):
+        pq, gq = pubr["per_request"][c], pubr["group_commit"][c]
+        lines += [
+            f"| events/s | {c} | {mean(pq, 'events_per_s'):,.0f} | {mean(gq, 'events_per_s'):,.0f} | "
+            f"{ratio(mean(gq, 'events_per_s'), mean(pq, 'events_per_s'))} |",
+            f"| p50 ms | {c} | {mean(pq, 'p50_ms'):.1f} | {mean(gq, 'p50_ms'):.1f} | "
+            f"{ratio(mean(pq, 'p50_ms'), mean(gq, 'p50_ms'))} |",
+            f"| p99 ms | {c} | {mean(pq, 'p99_ms'):.1f} | {mean(gq, 'p99_ms'):.1f} | "
+            f"{ratio(mean(pq, 'p99_ms'), mean(gq, 'p99_ms'))} |",
+            f"| events per group | {c} | 1 | {sum(r['events'] for r in gq) / max(1, sum(r['groups'] for r in gq)):.1f}"
+            " | |",
+        ]
     lines += [
         "",
         "| POST /feedback/batch | baseline | Sift | Sift/baseline |",

@@ -97,6 +97,7 @@ class _Waiting:
     dead: bool
     deadline: float
     future: Future[DurableOutcome]
+    done: bool = False  # claimed by an ack or by the spool path (under the publisher's _waiting_lock)
 
 
 @dataclass
@@ -134,7 +135,6 @@ class EventPublisher:
         max_inflight: int = 5_000,
         ensure_topics: bool = True,
         producer_overrides: dict[str, Any] | None = None,
-        group_senders: int | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus or Bus(settings, client_id="sift-publisher")
@@ -161,12 +161,13 @@ class EventPublisher:
         self._thread.start()
         self._group_queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self._group_lock = threading.Lock()
-        # several senders: a group waits for its acks, so one sender alone would leave the broker idle
-        # between round trips (the producer pipelines up to 5 requests per connection)
-        self._group_threads = [threading.Thread(target=self._group_run, name=f"event-group-commit-{i}", daemon=True)
-                               for i in range(group_senders or settings.group_commit_senders)]
-        for t in self._group_threads:
-            t.start()
+        # submitted events sent and not yet resolved, in send order (so deadline order: one timeout per caller)
+        self._waiting: collections.OrderedDict[int, _Waiting] = collections.OrderedDict()
+        self._waiting_lock = threading.Lock()
+        self._unacked: list[tuple[_Waiting, BaseException]] = []  # failed sends, handled by the group thread
+        self._close_deadline = float("inf")  # while closing: sent events may still be acked until then
+        self._group_thread = threading.Thread(target=self._group_run, name="event-group-commit", daemon=True)
+        self._group_thread.start()
 
     # ---- caller side -------------------------------------------------------------------------
 
@@ -236,16 +237,16 @@ class EventPublisher:
                               dead_lettered=sum(commit.dead))
 
     def submit_durable(self, short_topic: str, event: Event, *, timeout: float = 5.0) -> Future[DurableOutcome]:
-        """``publish_durable`` for one event without blocking: a future a group sender resolves.
+        """``publish_durable`` for one event without blocking: a future the group sender resolves.
 
-        Group commit: the events submitted while the senders were busy go out together as one group
-        — sent at once (the producer's 5 ms linger joins them, and concurrent groups, into shared
-        produce requests), their acks awaited once, and whatever is not acked by the earliest
-        deadline of the group spooled in one transaction — so N concurrent requests cost a few broker
-        round trips, not N. ``settings.group_commit_senders`` groups travel at once (a lone sender
-        would leave the connection idle while it waits). The future's result is the event's own
-        ``DurableOutcome``; its exception ``NotDurable`` when neither broker nor spool took it. Await
-        it with ``asyncio.wrap_future``: no thread is held per waiting request.
+        Group commit: one sender thread hands whatever was submitted since its last pass to the
+        producer as one group (the producer's 5 ms linger packs concurrent groups into shared
+        produce requests) and waits for none of it: each ack resolves its own future from the
+        producer's network thread at once. Failed sends and sends not acked by their deadline (less
+        the spool reserve) are spooled together, one transaction per pass, then resolved; a record
+        the broker refuses for good is resent as its DeadLetter. The future's result is the event's
+        own ``DurableOutcome``; its exception ``NotDurable`` when neither broker nor spool took it.
+        Await it with ``asyncio.wrap_future``: no thread is held per waiting request.
         """
         record = self._record(short_topic, event)
         item = _Waiting(record, self._dead_flags(short_topic, [record])[0], time.monotonic() + timeout, Future())
@@ -321,41 +322,141 @@ class EventPublisher:
         self._count(spooled=len(pending), spool_rows=len(pending))
         return _Commit(acked, dead, [], None)
 
-    def _commit_group(self, group: list[_Waiting]) -> None:
-        """Commit one group and resolve each waiter's future with its own outcome."""
-        self._count(groups=1)
-        try:
-            commit = self._commit([w.record for w in group], [w.dead for w in group],
-                                  min(w.deadline for w in group))
-        except Exception as exc:  # a bug: every waiter hears of it rather than hanging
-            log.exception("group commit of %d events failed", len(group))
-            for w in group:
-                w.future.set_exception(exc)
-            return
-        lost = set(commit.lost)
+    def _resolve(self, group: list[_Waiting], outcome: _Commit) -> None:
+        """Give each waiter of a committed group its own outcome."""
+        lost = set(outcome.lost)
         for i, w in enumerate(group):
             if i in lost:
                 w.future.set_exception(NotDurable(f"this event and {len(lost) - 1} other(s) of its group "
-                                                  f"{commit.error}"))
+                                                  f"{outcome.error}"))
             else:
-                w.future.set_result(DurableOutcome(acked=int(commit.acked[i]), spooled=int(not commit.acked[i]),
-                                                   dead_lettered=int(commit.dead[i])))
+                w.future.set_result(DurableOutcome(acked=int(outcome.acked[i]), spooled=int(not outcome.acked[i]),
+                                                   dead_lettered=int(outcome.dead[i])))
+
+    def _commit_group(self, group: list[_Waiting]) -> None:
+        """Commit ``group`` the blocking way (while closing: straight to the spool)."""
+        self._resolve(group, self._commit([w.record for w in group], [w.dead for w in group],
+                                          min(w.deadline for w in group)))
+
+    def _spool_group(self, group: list[_Waiting], why: str) -> None:
+        """One spool transaction for claimed waiters the broker did not ack; resolve them."""
+        if not group:
+            return
+        try:
+            self.spool.append([w.record for w in group])
+        except Exception as exc:
+            log.error("%d events neither acked (%s) nor spooled (%r)", len(group), why, exc)
+            self._resolve(group, _Commit([False] * len(group), [w.dead for w in group], list(range(len(group))),
+                                         f"were neither acknowledged by the broker ({why}) nor written to the "
+                                         f"local spool ({exc})"))
+            return
+        self._count(spooled=len(group), spool_rows=len(group))
+        self._resolve(group, _Commit([False] * len(group), [w.dead for w in group], [], None))
+
+    def _acked_waiter(self, w: _Waiting) -> None:
+        """Producer callback (its network thread): the event is on the broker — answer at once."""
+        with self._waiting_lock:
+            if w.done:
+                return  # already spooled after its deadline: the late ack is a duplicate, deduped downstream
+            w.done = True
+            self._waiting.pop(id(w), None)
+        self._count(sent=1)
+        w.future.set_result(DurableOutcome(acked=1, spooled=0, dead_lettered=int(w.dead)))
+
+    def _failed_waiter(self, w: _Waiting, exc: BaseException) -> None:
+        """Producer errback: hand the event back to the group thread (spool, or its DeadLetter)."""
+        with self._waiting_lock:
+            if w.done:
+                return
+            w.done = True
+            self._waiting.pop(id(w), None)
+            self._unacked.append((w, exc))
+
+    def _send_group(self, group: list[_Waiting]) -> None:
+        """Hand a group to the producer without waiting: each ack resolves its own waiter."""
+        self._count(groups=1)
+        producer = self._producer
+        if producer is None or not self._up or self._closing.is_set():
+            for w in group:
+                w.done = True
+            self._spool_group(group, "broker unavailable")
+            return
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
+        todo = collections.deque(group)
+        while todo:
+            w = todo.popleft()
+            try:
+                future = producer.send(w.record.topic, w.record.value, key=w.record.key)
+            except Exception as exc:
+                if non_retriable(exc) and w.record.topic != dl_topic:  # this record only: its DeadLetter instead
+                    w.record, w.dead = self._dead_letter(w.record, refusal(exc, "the producer")), True
+                    todo.appendleft(w)
+                    continue
+                self._up = False  # metadata or buffer wait ran out: the broker is not there
+                rest = [w, *todo]
+                for r in rest:
+                    r.done = True
+                self._spool_group(rest, f"send failed: {exc!r}")
+                return
+            with self._waiting_lock:
+                self._waiting[id(w)] = w
+            future.add_callback(lambda _md, w=w: self._acked_waiter(w))
+            future.add_errback(lambda exc, w=w: self._failed_waiter(w, exc))
+
+    def _settle_unacked(self) -> None:
+        """Spool, in one transaction, the failed sends and the sends past their deadline; resend refusals
+        as DeadLetters."""
+        now = time.monotonic()
+        with self._waiting_lock:
+            failed, self._unacked = self._unacked, []
+            expired: list[_Waiting] = []
+            while self._waiting:
+                w = next(iter(self._waiting.values()))
+                if w.deadline - SPOOL_RESERVE_S > now and (not self._closing.is_set() or now < self._close_deadline):
+                    break
+                w.done = True
+                expired.append(self._waiting.pop(id(w)))
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
+        resend: list[_Waiting] = []
+        to_spool = list(expired)
+        why = "no ack before the deadline" if expired else ""
+        for w, exc in failed:
+            if non_retriable(exc) and w.record.topic != dl_topic:  # refused by the broker: its DeadLetter instead
+                w.record, w.dead, w.done = self._dead_letter(w.record, refusal(exc, "the broker")), True, False
+                resend.append(w)
+            else:
+                why = f"no ack: {exc!r}"
+                to_spool.append(w)
+        if to_spool:
+            self._up = False  # next groups go straight to the spool until the sender sees the broker
+            log.warning("%d events not acked (%s); spooled", len(to_spool), why)
+            self._spool_group(to_spool, why)
+        if resend:
+            self._send_group(resend)
 
     def _group_run(self, limit: int = 2_000) -> None:
-        """A group sender: whatever queued while the senders were busy goes as its next group."""
+        """The group sender: whatever queued since its last pass goes to the producer as one group."""
         while True:
             try:
-                group = [self._group_queue.get(timeout=0.1)]
+                group = [self._group_queue.get(timeout=0.01 if self._waiting or self._unacked else 0.1)]
             except queue.Empty:
-                if self._closing.is_set():
-                    return  # submit_durable queues nothing once _closing is set
-                continue
-            while len(group) < limit:
+                group = []
+            while group and len(group) < limit:
                 try:
                     group.append(self._group_queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit_group(group)
+            try:
+                if group:
+                    self._send_group(group)
+                self._settle_unacked()
+            except Exception as exc:  # a bug: the waiters of this group hear of it rather than hang
+                log.exception("group commit of %d events failed", len(group))
+                for w in group:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+            if self._closing.is_set() and not group and not self._waiting and not self._unacked:
+                return  # submit_durable queues nothing once _closing is set
 
     def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None:
         """Queue the event for the broker; never raises for the broker.
@@ -406,9 +507,16 @@ class EventPublisher:
             return
         deadline = time.monotonic() + timeout
         with self._group_lock:
+            self._close_deadline = deadline - SPOOL_RESERVE_S
             self._closing.set()
-        for t in self._group_threads:  # queued groups: spooled (closing)
-            t.join(max(0.1, deadline - time.monotonic()))
+        self._group_thread.join(max(0.1, deadline - time.monotonic()))  # queued events spooled at once
+        with self._waiting_lock:  # only when the group thread did not finish in time
+            left = list(self._waiting.values()) + [w for w, _ in self._unacked]
+            self._waiting.clear()
+            self._unacked = []
+            for w in left:
+                w.done = True
+        self._spool_group(left, "closing")
         stranded: list[_Waiting] = []
         while True:  # only when the group thread did not finish in time
             try:

