@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from classifier.engine import ServingEngine
+from infra.events import ReviewRequest
 from infra.publisher import EventPublisher
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig
@@ -135,3 +136,29 @@ def test_broker_killed_under_group_commits_loses_no_accepted_feedback(fb_short_t
     assert len(set(load.accepted)) == len(load.accepted)
     assert stats.spooled > 0 and stats.redelivered == stats.spooled
     print(f"accepted={len(load.accepted)} raw={len(ids)} duplicates={len(ids) - len(set(ids))} {stats}")
+
+
+@pytest.mark.parametrize("limit", ["sift", "producer"])
+def test_oversized_event_in_a_group_is_dead_lettered_and_the_others_acked(sift_settings: Settings,
+                                                                          limit: str) -> None:
+    """'sift': our own size check before the group is sent; 'producer': that check lifted, so
+    kafka-python refuses the record inside the group and its DeadLetter is sent instead."""
+    settings = isolated(sift_settings)
+    if limit == "producer":
+        settings = settings.model_copy(update={"kafka_max_record_bytes": 64 * 1024 * 1024})
+    pub = EventPublisher(settings)
+    events = [ReviewRequest(event_id=f"small-{i}", classifier="news", text=f"t{i}", source="user_feedback")
+              for i in range(20)]
+    big = ReviewRequest(event_id="big", classifier="news", text="x" * 2_000_000, source="user_feedback")
+    try:
+        assert wait_until(lambda: pub.stats().broker_up, 30)
+        futures = [pub.submit_durable("review-requests", ev, timeout=15) for ev in [*events[:10], big, *events[10:]]]
+        outcomes = [f.result(30) for f in futures]
+    finally:
+        pub.close()
+    assert [(o.acked, o.spooled, o.dead_lettered) for o in outcomes] == [(1, 0, 0)] * 10 + [(1, 0, 1)] + \
+        [(1, 0, 0)] * 10  # the DeadLetter of the big one was acked
+    assert sorted(e.event_id for e in read_topic(settings, "review-requests", expect=20)) == \
+        sorted(e.event_id for e in events)
+    [dead] = read_topic(settings, "dead-letter", expect=1)
+    assert dead.event_id == "big" and dead.error.startswith("too-large: ")
