@@ -17,6 +17,8 @@ per request would cost latency.
 every event is acked by the broker (acks=all) or committed to the SQLite spool, and raises
 ``NotDurable`` when neither happened, so an API can answer 2xx only for feedback that will reach
 the review queue (or the dead-letter topic) even if the process is SIGKILLed right after.
+``submit_durable`` (single feedback) makes the same promise for one event without blocking: a
+future resolved by group commit (see its docstring), so an async endpoint holds no thread.
 
 Poison events never block: an event the broker can never take — larger than
 ``settings.kafka_max_record_bytes`` (checked before it reaches the producer, so also while the
