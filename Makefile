@@ -109,6 +109,7 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	nice -n 5 $(BIN)/python bench/classify.py
 	nice -n 5 $(BIN)/python bench/feedback.py
+	nice -n 5 $(BIN)/python bench/tenants.py
 	nice -n 5 $(BIN)/python bench/retrain.py
 
 demo: install

@@ -6,15 +6,25 @@ The baseline (``bench/feedback_baseline.py``) is the plain HTTP way to do the sa
 that produces each event with acks=all (the same producer configuration) and answers only after the
 broker's ack, the promise Sift's 202 makes. Both run as their own process under the same load.
 
-1. like/dislike: closed loop of N clients POSTing feedback for DURATION s to the baseline, then to
-   Sift's feedback API; events/s = accepted / load time (a 202 comes after the broker's ack), 0
-   unless every accepted event is found on the topic; p50/p99.
-2. batch: one CSV of BATCH_ROWS rows to each; rows/s until the last event is on the topic.
-3. classify p50/p99 with routing on (threshold 1.0: every result published) vs off (threshold
+1. like/dislike: closed loop of N clients (each N of --concurrency, default 16 and 64) POSTing
+   feedback for DURATION s to the baseline, to Sift's per-request path as it was before group
+   commit (``bench/feedback_per_request.py``: each request's own ``publish_durable`` in a worker
+   thread) and to Sift's feedback API (group commit); events/s = accepted / load time (a 202 comes
+   after the broker's ack or the spool's commit), 0 unless every accepted event is found on the
+   topic; p50/p99; for group commit, events per group (the publisher's stats).
+2. batch: one CSV of BATCH_ROWS rows to the baseline and to Sift; rows/s until the last event is on
+   the topic.
+3. the publisher alone, without HTTP: N threads publishing durable events per request
+   (``publish_durable``) vs group commit (``submit_durable``), DURATION/3 s each, twice alternated;
+   on a machine where HTTP is the bottleneck this is what group commit changes.
+4. classify p50/p99 with routing on (threshold 1.0: every result published) vs off (threshold
    ~0: none), same server and model, same load (skipped with --skip-classify).
 A bare in-process producer's rate is printed as the broker's ceiling (no HTTP), not as a baseline.
 
-    .venv/bin/python bench/feedback.py [--duration 15] [--concurrency 16] [--batch-rows 100000] [--skip-classify]
+The bench classifier's rate limit is raised (100,000/s) so that the per-key limit (200/s by
+default) does not cap what is measured.
+
+    .venv/bin/python bench/feedback.py [--duration 15] [--concurrency 16 64] [--batch-rows 100000] [--skip-classify]
 """
 
 from __future__ import annotations
@@ -125,6 +135,62 @@ def bare_producer_rate(settings: Settings, n: int) -> float:
     return rate
 
 
+def publisher_rates(settings: Settings, concurrency: list[int], duration: float) -> dict:
+    """The publisher alone, no HTTP: N threads each publishing one durable event after another,
+    per request (``publish_durable``, the path before group commit) vs group commit
+    (``submit_durable(...).result()``), alternated twice so drift cancels. Where HTTP is the
+    bottleneck (a loaded machine), this is what group commit changes."""
+    import threading
+
+    from infra.events import ReviewRequest
+    from infra.publisher import EventPublisher
+
+    pub = EventPublisher(settings.model_copy(update={"topic_prefix": settings.topic_prefix + "pub."}))
+    if not wait_until(lambda: pub.stats().broker_up, 60):  # until then every event would go to the spool
+        raise RuntimeError("the publisher did not connect to the broker")
+    ev = ReviewRequest(classifier="bench", text="warm-up", predicted_label="tech", source="user_feedback",
+                       verdict="like")
+    pub.publish_durable("review-requests", ev)
+    out: dict = {}
+    try:
+        for _ in range(2):
+            for mode in ("per_request", "group_commit"):
+                for clients in concurrency:
+                    lat: list[float] = []
+                    deadline = time.monotonic() + duration
+                    groups0 = pub.stats().groups
+
+                    def worker(w: int, mode: str = mode, lat: list[float] = lat, deadline: float = deadline) -> None:
+                        i = 0
+                        while time.monotonic() < deadline:
+                            e = ReviewRequest(classifier="bench", text=f"client {w} says {i}", predicted_label="tech",
+                                              source="user_feedback", verdict="like")
+                            t0 = time.perf_counter()
+                            if mode == "per_request":
+                                pub.publish_durable("review-requests", e)
+                            else:
+                                pub.submit_durable("review-requests", e).result()
+                            lat.append(time.perf_counter() - t0)
+                            i += 1
+
+                    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+                    t0 = time.perf_counter()
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    wall = time.perf_counter() - t0
+                    lat.sort()
+                    run = {"events": len(lat), "events_per_s": len(lat) / wall,
+                           "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+                           "groups": pub.stats().groups - groups0}
+                    out.setdefault(mode, {}).setdefault(str(clients), []).append(run)
+        out["spooled"] = pub.stats().spooled
+    finally:
+        pub.close()
+    return out
+
+
 def serve(argv: list[str], port: int, env: dict[str, str], log: Path, ready: str = "/healthz") -> subprocess.Popen:
     # preexec: the server dies with this process, so an interrupted benchmark leaves nothing running
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
@@ -160,35 +226,44 @@ def run_feedback_load(url: str, key: str, concurrency: int, duration: float) -> 
 # ---- phases --------------------------------------------------------------------------------------
 
 def http_phases(label: str, argv: list[str], settings: Settings, work: Path, args: argparse.Namespace,
-                key: str, port: int) -> dict:
-    """Single feedback under load, then one batch upload, against one server; counted on its topic."""
+                key: str, port: int, *, batch: bool) -> dict:
+    """Single feedback under load at each concurrency, then (``batch``) one batch upload, against
+    one server; counted on its topic."""
     from feedback.cli import upload_via_api
 
     server = serve(argv, port, settings_env(settings), work / f"{label}.log")
-    out: dict = {}
+    out: dict = {"single": {}}
+    on_topic = 0
     try:
         base = f"http://127.0.0.1:{port}/v1/classifiers/bench-fb"
-        t0 = time.monotonic()
-        load = run_feedback_load(base + "/feedback", key, args.concurrency, args.duration)
-        n, last = count_until(settings, "review-requests", load["accepted"], 120)
-        # each 202 means the event is on the topic (acked before answering, both sides), so the
-        # rate is accepted / load time; the topic count checks that every accepted one is there
-        out["single"] = {**load, "on_topic": n, "events_per_s": load["req_per_s"] if n >= load["accepted"] else 0.0}
-
-        rows = args.batch_rows
-        path = work / "batch.csv"
-        if not path.exists():
-            with open(path, "w") as f:
-                f.write("text,label\n")
-                for i in range(rows):
-                    f.write(f"batch row {i} about the match and the new chip,{LABELS[i % 3]}\n")
-        t0 = time.monotonic()
-        status, report = upload_via_api(f"http://127.0.0.1:{port}", key, "bench-fb", path, progress=False)
-        assert status == 202, report
-        response_s = time.monotonic() - t0
-        n, last = count_until(settings, "review-requests", out["single"]["on_topic"] + rows, 300)
-        out["batch"] = {"rows": rows, "response_s": response_s, "on_topic": n - out["single"]["on_topic"],
-                        "rows_per_s": rows / (last - t0)}
+        for clients in args.concurrency:
+            load = run_feedback_load(base + "/feedback", key, clients, args.duration)
+            n, _ = count_until(settings, "review-requests", on_topic + load["accepted"], 120)
+            # each 202 means the event is on the topic or in the spool (acked or committed before
+            # answering), so the rate is accepted / load time; the topic count checks that every
+            # accepted one got there
+            run = {**load, "on_topic": n - on_topic,
+                   "events_per_s": load["req_per_s"] if n - on_topic >= load["accepted"] else 0.0}
+            on_topic = n
+            stats = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json().get("publisher")
+            if stats:  # Sift: how many events shared a group commit (cumulative over the loads so far)
+                run["publisher"] = stats
+            out["single"][str(clients)] = run
+        if batch:
+            rows = args.batch_rows
+            path = work / "batch.csv"
+            if not path.exists():
+                with open(path, "w") as f:
+                    f.write("text,label\n")
+                    for i in range(rows):
+                        f.write(f"batch row {i} about the match and the new chip,{LABELS[i % 3]}\n")
+            t0 = time.monotonic()
+            status, report = upload_via_api(f"http://127.0.0.1:{port}", key, "bench-fb", path, progress=False)
+            assert status == 202, report
+            response_s = time.monotonic() - t0
+            n, last = count_until(settings, "review-requests", on_topic + rows, 300)
+            out["batch"] = {"rows": rows, "response_s": response_s, "on_topic": n - on_topic,
+                            "rows_per_s": rows / (last - t0)}
     finally:
         stop(server)
     return out
@@ -198,17 +273,21 @@ def feedback_phases(settings: Settings, work: Path, args: argparse.Namespace) ->
     from infra.objectstore import ObjectStore
     from infra.tenants import ClassifierConfig, TenantStore
 
-    _, key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(name="bench-fb", labels=LABELS))
+    _, key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(
+        name="bench-fb", labels=LABELS, rate_limit_per_s=100_000, rate_limit_burst=100_000))
     uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
-    port = free_port()
-    base = settings.model_copy(update={"topic_prefix": "bench-base."})
-    out = {"baseline": http_phases("baseline", [sys.executable, str(ROOT / "bench" / "feedback_baseline.py"),
-                                                "--port", str(port)], base, work, args, key, port)}
-    port = free_port()
-    sift = settings.model_copy(update={"topic_prefix": "bench-sift."})
-    out["sift"] = http_phases("sift", [*uvicorn, "--port", str(port), "--factory",
-                                       "sift.feedback_app:create_feedback_app"], sift, work, args, key, port)
+    out: dict = {}
+    variants = [
+        ("baseline", [sys.executable, str(ROOT / "bench" / "feedback_baseline.py"), "--port"], True),
+        ("per_request", [*uvicorn, "--factory", "bench.feedback_per_request:create_app", "--port"], False),
+        ("sift", [*uvicorn, "--factory", "sift.feedback_app:create_feedback_app", "--port"], True),
+    ]
+    for label, argv, batch in variants:
+        port = free_port()
+        variant = settings.model_copy(update={"topic_prefix": f"bench-{label}."})
+        out[label] = http_phases(label, [*argv, str(port)], variant, work, args, key, port, batch=batch)
     out["bare_producer_events_per_s"] = bare_producer_rate(settings, 20_000)
+    out["publisher"] = publisher_rates(settings, args.concurrency, args.duration / 3)
     return out
 
 
@@ -256,7 +335,7 @@ def classify_phases(settings: Settings, work: Path, s3: SeaweedServer, args: arg
                          concurrency=4, duration=3)
             for name in ("bench-off", "bench-on", "bench-off", "bench-on"):  # interleaved: drift cancels
                 r = run_load(f"http://127.0.0.1:{port}/v1/classifiers/{name}/classify", keys[name], texts_file,
-                             concurrency=args.concurrency, duration=args.duration / 2)
+                             concurrency=args.concurrency[0], duration=args.duration / 2)
                 out.setdefault(name, []).append(r)
         finally:
             stop(server)
@@ -270,7 +349,7 @@ def classify_phases(settings: Settings, work: Path, s3: SeaweedServer, args: arg
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=15)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--skip-classify", action="store_true")
     ap.add_argument("--note", default="", help="written into the results file (e.g. what else loaded the machine)")
@@ -279,7 +358,7 @@ def main() -> None:
     ap.add_argument("--api-key", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load:
-        print(json.dumps(asyncio.run(_feedback_load(args.load, args.api_key, args.concurrency, args.duration,
+        print(json.dumps(asyncio.run(_feedback_load(args.load, args.api_key, args.concurrency[0], args.duration,
                                                     max_requests=1_000_000))))
         return
 
@@ -307,28 +386,62 @@ def main() -> None:
 
     args.out.write_text(json.dumps({"feedback": fb, "classify": cl, "machine": machine(args.note)}, indent=2,
                                    default=str))
-    b, f, bare = fb["baseline"], fb["sift"], fb["bare_producer_events_per_s"]
+    b, pr, f, bare = fb["baseline"], fb["per_request"], fb["sift"], fb["bare_producer_events_per_s"]
 
     def ratio(x: float, y: float) -> str:
         return f"{x / y:.2f}x" if y else "n/a"
     lines = [
-        f"feedback benchmark: {args.concurrency} clients, {args.duration:.0f} s, batch {args.batch_rows:,} rows, "
-        "Tansu on SeaweedFS, loopback; baseline = HTTP endpoint producing each event with acks=all before answering",
+        f"feedback benchmark: {', '.join(map(str, args.concurrency))} clients, {args.duration:.0f} s each, batch "
+        f"{args.batch_rows:,} rows, Tansu on SeaweedFS, loopback; baseline = HTTP endpoint producing each event "
+        "with acks=all before answering; per-request = Sift before group commit (publish_durable per request "
+        "in a worker thread); group commit = Sift now",
         "",
-        "| path | metric | baseline | Sift | Sift/baseline |",
-        "|---|---|---|---|---|",
-        f"| POST /feedback → topic | events/s | {b['single']['events_per_s']:,.0f} | {f['single']['events_per_s']:,.0f}"
-        f" | {ratio(f['single']['events_per_s'], b['single']['events_per_s'])} |",
-        f"| POST /feedback | p50 ms | {b['single']['p50_ms']:.1f} | {f['single']['p50_ms']:.1f} | "
-        f"{ratio(b['single']['p50_ms'], f['single']['p50_ms'])} |",
-        f"| POST /feedback | p99 ms | {b['single']['p99_ms']:.1f} | {f['single']['p99_ms']:.1f} | "
-        f"{ratio(b['single']['p99_ms'], f['single']['p99_ms'])} |",
-        f"| POST /feedback | errors | {b['single']['errors']} | {f['single']['errors']} | |",
-        f"| POST /feedback/batch → topic | rows/s | {b['batch']['rows_per_s']:,.0f} | "
-        f"{f['batch']['rows_per_s']:,.0f} | "
+        "| POST /feedback → topic | clients | baseline | per-request | group commit | group/per-request |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in map(str, args.concurrency):
+        bs, ps, fs = b["single"][c], pr["single"][c], f["single"][c]
+        lines += [
+            f"| events/s | {c} | {bs['events_per_s']:,.0f} | {ps['events_per_s']:,.0f} | {fs['events_per_s']:,.0f} | "
+            f"{ratio(fs['events_per_s'], ps['events_per_s'])} |",
+            f"| p50 ms | {c} | {bs['p50_ms']:.1f} | {ps['p50_ms']:.1f} | {fs['p50_ms']:.1f} | "
+            f"{ratio(ps['p50_ms'], fs['p50_ms'])} |",
+            f"| p99 ms | {c} | {bs['p99_ms']:.1f} | {ps['p99_ms']:.1f} | {fs['p99_ms']:.1f} | "
+            f"{ratio(ps['p99_ms'], fs['p99_ms'])} |",
+            f"| errors | {c} | {bs['errors']} | {ps['errors']} | {fs['errors']} | |",
+        ]
+    last = f["single"][str(args.concurrency[-1])].get("publisher") or {}
+    if last.get("groups"):
+        lines += ["", f"group commit: {last['sent']:,} events acked in {last['groups']:,} groups "
+                      f"({last['sent'] / last['groups']:.1f} events per group over all loads); spooled "
+                      f"{last['spooled']}"]
+    pubr = fb["publisher"]
+
+    def mean(runs: list[dict], key: str) -> float:
+        return sum(r[key] for r in runs) / len(runs)
+    lines += ["", f"publisher alone (no HTTP; threads, {args.duration / 3:.0f} s x 2 alternated runs each; "
+                  f"{pubr['spooled']} spooled)", "",
+              "| publisher | clients | per-request | group commit | group/per-request |", "|---|---|---|---|---|"]
+    for c in map(str, args.concurrency):
+        pq, gq = pubr["per_request"][c], pubr["group_commit"][c]
+        lines += [
+            f"| events/s | {c} | {mean(pq, 'events_per_s'):,.0f} | {mean(gq, 'events_per_s'):,.0f} | "
+            f"{ratio(mean(gq, 'events_per_s'), mean(pq, 'events_per_s'))} |",
+            f"| p50 ms | {c} | {mean(pq, 'p50_ms'):.1f} | {mean(gq, 'p50_ms'):.1f} | "
+            f"{ratio(mean(pq, 'p50_ms'), mean(gq, 'p50_ms'))} |",
+            f"| p99 ms | {c} | {mean(pq, 'p99_ms'):.1f} | {mean(gq, 'p99_ms'):.1f} | "
+            f"{ratio(mean(pq, 'p99_ms'), mean(gq, 'p99_ms'))} |",
+            f"| events per group | {c} | 1 | {sum(r['events'] for r in gq) / max(1, sum(r['groups'] for r in gq)):.1f}"
+            " | |",
+        ]
+    lines += [
+        "",
+        "| POST /feedback/batch | baseline | Sift | Sift/baseline |",
+        "|---|---|---|---|",
+        f"| rows/s → topic | {b['batch']['rows_per_s']:,.0f} | {f['batch']['rows_per_s']:,.0f} | "
         f"{ratio(f['batch']['rows_per_s'], b['batch']['rows_per_s'])} |",
-        f"| POST /feedback/batch | response s | {b['batch']['response_s']:.1f} | {f['batch']['response_s']:.1f} | |",
-        f"| POST /feedback/batch | rows on topic | {b['batch']['on_topic']:,} | {f['batch']['on_topic']:,} | |",
+        f"| response s | {b['batch']['response_s']:.1f} | {f['batch']['response_s']:.1f} | |",
+        f"| rows on topic | {b['batch']['on_topic']:,} | {f['batch']['on_topic']:,} | |",
         "",
         f"broker ceiling, for reference (bare in-process producer, acks=all, no HTTP): {bare:,.0f} events/s",
     ]

@@ -3,6 +3,12 @@
 A batch reads ``slot.model`` once when it starts, so a swap never mixes two models in one
 forward pass and never fails a request: in-flight batches finish on the old model, the next
 batch runs on the new one.
+
+Many classifiers per replica (issue 15): models load lazily on their first request, and with a
+memory budget (``memory_budget_mb``, ``SIFT_MODEL_MEMORY_MB``) the least recently used resident
+models are evicted once the estimated resident size of all of them exceeds it. A slot with
+requests in flight is never evicted, so hot classifiers stay resident while cold ones come and
+go; a request that still races an eviction reloads the model instead of failing.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +34,22 @@ class ModelUnavailable(RuntimeError):
     """No model can serve this classifier right now; the message says why (served as 503)."""
 
 
+class Evicted(ModelUnavailable):
+    """The slot's model was evicted between the request's load check and its batch: load it again."""
+
+
+def resident_bytes(model: LoadedModel) -> int:
+    """Estimated memory a loaded model holds: its torch weights, plus as much again when an ONNX
+    Runtime session serves it (the session holds its own copy of the graph's weights; an int8 one
+    less, so this errs high and the budget holds)."""
+    torch_model = model.model
+    size = sum(t.numel() * t.element_size() for t in torch_model.parameters())
+    size += sum(t.numel() * t.element_size() for t in torch_model.buffers())
+    if getattr(model, "onnx", None) is not None:
+        size *= 2
+    return int(size)
+
+
 @dataclass(frozen=True)
 class Scored:
     label: str
@@ -39,6 +62,8 @@ class ModelSlot:
     def __init__(self, classifier: str, executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float) -> None:
         self.classifier = classifier
         self.model: LoadedModel | None = None
+        self.active = 0  # requests between their load check and their answer: never evicted meanwhile
+        self.evicted = False
         self.batcher: MicroBatcher[str, Scored] = MicroBatcher(
             self._run, executor, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=self._observe
         )
@@ -49,6 +74,8 @@ class ModelSlot:
 
     def _run(self, texts: list[str]) -> list[Scored]:
         model = self.model  # read once: the whole batch uses one model
+        if model is None and self.evicted:
+            raise Evicted(f"the model of classifier {self.classifier!r} was evicted")
         if model is None:
             raise ModelUnavailable(f"no model loaded for classifier {self.classifier!r}")
         probs = np.asarray(model.predict_proba(texts))
@@ -67,6 +94,7 @@ class ModelSlot:
 
     def swap(self, model: LoadedModel) -> None:
         self.model = model  # a single reference assignment: atomic under the GIL
+        self.evicted = False
         metrics.MODEL_VERSION.labels(self.classifier).set(float(model.version) if model.version.isdigit() else -1)
         metrics.SWAPS.labels(self.classifier).inc()
         for backend in metrics.BACKENDS:
@@ -91,8 +119,13 @@ class ServingEngine:
         quantize: Quantize = "none",
         runtime: Runtime = "torch",
         long_text: LongText = "head_tail",
+        memory_budget_mb: float = 0,
     ) -> None:
         self.resolve_champion = resolve_champion
+        # 0: no budget (every classifier stays loaded); else LRU eviction above this many bytes
+        self.memory_budget = int(memory_budget_mb * 1024 * 1024)
+        self._resident: OrderedDict[str, int] = OrderedDict()  # classifier -> estimated bytes, LRU first
+        self.evictions = 0
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         # one inference thread: torch already spreads a forward pass over the cores
@@ -133,9 +166,52 @@ class ServingEngine:
     def swap_in(self, classifier: str, model: LoadedModel) -> None:
         self.slot(classifier).swap(model)
         log.info("classifier %s now serves version %s", classifier, model.version)
+        with self._lock:
+            self._resident[classifier] = resident_bytes(model)
+            self._resident.move_to_end(classifier)
+        self._evict(keep=classifier)
 
-    def refresh(self, classifier: str) -> str | None:
-        """Load the registry's champion if it differs from what serves (blocking). Returns the version."""
+    def resident(self) -> dict[str, int]:
+        """Classifiers whose model is loaded, least recently used first, with their estimated bytes."""
+        with self._lock:
+            return dict(self._resident)
+
+    def has_room(self) -> bool:
+        """False once the resident models fill the budget (preload stops there; the rest load on demand)."""
+        return not self.memory_budget or sum(self.resident().values()) < self.memory_budget
+
+    def _touch(self, classifier: str) -> None:
+        with self._lock:
+            if classifier in self._resident:
+                self._resident.move_to_end(classifier)
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used idle models until the estimate fits the budget (``keep`` stays)."""
+        if not self.memory_budget:
+            return
+        with self._lock:
+            total = sum(self._resident.values())
+            for name in list(self._resident):
+                if total <= self.memory_budget:
+                    break
+                s = self.slots.get(name)
+                if name == keep or s is None or s.active:
+                    continue  # just loaded, or serving requests right now: a hot model stays
+                total -= self._resident.pop(name)
+                s.evicted = True
+                s.model = None  # batches already running keep their reference and finish
+                self.evictions += 1
+                metrics.EVICTIONS.labels(name).inc()
+                log.info("classifier %s evicted (model memory budget %d MB)", name, self.memory_budget >> 20)
+
+    def refresh(self, classifier: str, *, load_cold: bool = True) -> str | None:
+        """Load the registry's champion if it differs from what serves (blocking). Returns the version.
+
+        ``load_cold=False`` (the model watcher and poller) leaves an evicted or never-loaded slot
+        alone under a memory budget: its next request loads the champion of the moment.
+        """
+        if not load_cold and self.memory_budget and self.loaded_version(classifier) is None:
+            return None
         with self._lock:
             lock = self._refresh_locks.setdefault(classifier, threading.Lock())
         with lock:  # the watcher, the poller and the preload never load one model twice; others load beside it
@@ -178,8 +254,18 @@ class ServingEngine:
         return s
 
     async def classify(self, classifier: str, texts: list[str]) -> list[Scored]:
-        s = await self.ensure_loaded(classifier)
-        return await s.batcher.submit_many(texts)
+        for attempt in range(3):
+            s = await self.ensure_loaded(classifier)
+            s.active += 1  # the event loop's thread only; _evict reads it under the lock
+            try:
+                self._touch(classifier)
+                return await s.batcher.submit_many(texts)
+            except Evicted:
+                if attempt == 2:
+                    raise
+            finally:
+                s.active -= 1
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         for s in list(self.slots.values()):

@@ -26,3 +26,4 @@ SWAPS = Counter("sift_model_swaps_total", "models swapped in", ["classifier"])
 LOW_CONFIDENCE = Counter("sift_low_confidence_total", "predictions routed to review", ["classifier"])
 LOAD_FAILURES = Counter("sift_model_load_failures_total", "champion versions this replica failed to load",
                         ["classifier"])
+EVICTIONS = Counter("sift_model_evictions_total", "models dropped to stay within SIFT_MODEL_MEMORY_MB", ["classifier"])

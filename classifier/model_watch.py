@@ -46,7 +46,7 @@ class ModelWatcher:
         if not isinstance(event, ModelEvent):
             return
         try:
-            version = self.engine.refresh(event.classifier)
+            version = self.engine.refresh(event.classifier, load_cold=False)
         except Exception as exc:  # registry or store unavailable: retry this event
             raise TransientError(f"cannot load champion of {event.classifier}: {exc}") from exc
         log.info("model-event %s %s v%s: serving v%s", event.action, event.classifier, event.version, version)
@@ -61,6 +61,6 @@ class ModelWatcher:
         while not self.stop_event.wait(self.settings.model_poll_seconds):
             for name in list(self.engine.slots):
                 try:
-                    self.engine.refresh(name)
+                    self.engine.refresh(name, load_cold=False)
                 except Exception:
                     log.warning("polling the champion of %s failed", name, exc_info=True)

@@ -1,20 +1,22 @@
 """Explicit feedback over HTTP: one like/dislike, or a batch file of texts to review.
 
 Both end in ``review-requests`` events published through the app's ``EventPublisher``
-(``services.publisher``) with ``publish_durable``: a 2xx is answered only once every
-event is acked by the broker or committed to the local SQLite spool, so accepted feedback survives
-a broker outage *and* a SIGKILL of this process right after the response. When neither is possible
-the answer is 503 with the reason, and nothing is reported accepted. (Classify's low-confidence
-routing stays fire-and-forget, for latency.)
+(``services.publisher``) durably (single: ``submit_durable``, a group commit; batch:
+``publish_durable``): a 2xx is answered only once every event is acked by the broker or committed
+to the local SQLite spool, so accepted feedback survives a broker outage *and* a SIGKILL of this
+process right after the response. When neither is possible the answer is 503 with the reason, and
+nothing is reported accepted. (Classify's low-confidence routing stays fire-and-forget, for latency.)
 Idempotency: an ``Idempotency-Key`` header fixes the event id(s), and consumers dedupe by it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feedback.uploads import (
@@ -121,13 +123,18 @@ def _lookup(services: Services, cfg: ClassifierConfig, prediction_id: str) -> Pr
                      e422="wrong verdict, unknown label, missing reference, invalid Unicode; detail names the field",
                      e503="not accepted: neither the broker nor the local spool could take it; see Retry-After"),
 )
-def post_feedback(
+async def post_feedback(
     body: FeedbackRequest,
     cfg: ClassifierConfig = Depends(tenant_for_key),
     services: Services = Depends(get_services),
     idempotency_key: IdempotencyKey = None,
 ) -> FeedbackAccepted:
-    """Like or dislike one prediction; becomes a ``user_feedback`` review request."""
+    """Like or dislike one prediction; becomes a ``user_feedback`` review request.
+
+    Async on purpose: the event joins the publisher's next group commit and the request awaits
+    its future, so concurrent feedback shares one broker round trip and holds no worker thread.
+    Only the prediction lookup (a blocking S3 read) runs in a thread.
+    """
     publisher = _publisher(services)
     # what the body says is checked whether or not a prediction record is found: a 202 never
     # depends on which replica's lookup saw the record
@@ -141,7 +148,7 @@ def post_feedback(
         _check_label(cfg, body.label, "label")
     if body.correct_label is not None:
         _check_label(cfg, body.correct_label, "correct_label")
-    record = _lookup(services, cfg, body.prediction_id) if body.prediction_id else None
+    record = await run_in_threadpool(_lookup, services, cfg, body.prediction_id) if body.prediction_id else None
     if body.prediction_id and record is None and (body.text is None or body.label is None):
         raise HTTPException(
             404,
@@ -161,7 +168,7 @@ def post_feedback(
         suggested_label=body.correct_label, comment=body.comment, prediction_id=body.prediction_id,
     )
     try:
-        publisher.publish_durable(TOPIC_REVIEW_REQUESTS, event, timeout=ACK_TIMEOUT_S)
+        await asyncio.wrap_future(publisher.submit_durable(TOPIC_REVIEW_REQUESTS, event, timeout=ACK_TIMEOUT_S))
     except NotDurable as exc:
         raise HTTPException(503, f"feedback not accepted, retry later: {exc}", headers=RETRY_AFTER) from exc
     return FeedbackAccepted(event_id=event_id, classifier=cfg.name)

@@ -17,6 +17,8 @@ per request would cost latency.
 every event is acked by the broker (acks=all) or committed to the SQLite spool, and raises
 ``NotDurable`` when neither happened, so an API can answer 2xx only for feedback that will reach
 the review queue (or the dead-letter topic) even if the process is SIGKILLed right after.
+``submit_durable`` (single feedback) makes the same promise for one event without blocking: a
+future resolved by group commit (see its docstring), so an async endpoint holds no thread.
 
 Poison events never block: an event the broker can never take — larger than
 ``settings.kafka_max_record_bytes`` (checked before it reaches the producer, so also while the
@@ -28,6 +30,7 @@ stopped the drain at that row, and every later event of the replica stayed in th
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -36,6 +39,8 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import errors as kafka_errors
@@ -86,6 +91,25 @@ def refusal(exc: BaseException, by: str) -> str:
     return f"{'too-large' if too_large else 'refused'}: by {by}: {exc!r}"
 
 
+@dataclass
+class _Waiting:
+    """One ``submit_durable`` event waiting for its group."""
+
+    record: SpooledRecord
+    dead: bool
+    deadline: float
+    future: Future[DurableOutcome]
+    done: bool = False  # claimed by an ack or by the spool path (under the publisher's _waiting_lock)
+
+
+@dataclass
+class _Commit:
+    acked: list[bool]  # per record
+    dead: list[bool]  # per record: its DeadLetter went instead
+    lost: list[int]  # records neither acked nor spooled (the spool write failed)
+    error: str | None  # why, when ``lost``
+
+
 # part of publish_durable's timeout kept for the spool write when the broker does not ack in time
 SPOOL_RESERVE_S = 0.5
 
@@ -99,6 +123,7 @@ class PublisherStats(BaseModel):
     pending: int  # queued + in flight + rows in the spool
     spool_rows: int
     broker_up: bool
+    groups: int = 0  # group commits of submit_durable events (events per group = their mean size)
 
 
 class EventPublisher:
@@ -129,13 +154,22 @@ class EventPublisher:
         self._producer: Any = None
         self._up = False
         self._closing = threading.Event()
-        self._sent = self._spooled = self._redelivered = self._dropped = self._dead_lettered = 0
+        self._sent = self._spooled = self._redelivered = self._dropped = self._dead_lettered = self._groups = 0
         self._max_record_bytes = settings.kafka_max_record_bytes
         self._counter_lock = threading.Lock()
         self._spool_rows = len(self.spool)
         self._spool_alarm = Episode()
         self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
         self._thread.start()
+        self._group_queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
+        self._group_lock = threading.Lock()
+        # submitted events sent and not yet resolved, in send order (so deadline order: one timeout per caller)
+        self._waiting: collections.OrderedDict[int, _Waiting] = collections.OrderedDict()
+        self._waiting_lock = threading.Lock()
+        self._unacked: list[tuple[_Waiting, BaseException]] = []  # failed sends, handled by the group thread
+        self._close_deadline = float("inf")  # while closing: sent events may still be acked until then
+        self._group_thread = threading.Thread(target=self._group_run, name="event-group-commit", daemon=True)
+        self._group_thread.start()
 
     # ---- caller side -------------------------------------------------------------------------
 
@@ -191,66 +225,240 @@ class EventPublisher:
         thread redelivers it. An event both acked late and spooled reaches the topic twice with
         the same ``event_id``: consumers dedupe. Raises ``NotDurable`` (nothing of this call is
         left only in memory) when the spool write fails too; a serialization bug raises as is.
-        Blocking by design: call it from a worker thread, not the event loop.
+        Blocking by design: call it from a worker thread, not the event loop (or use ``submit_durable``).
         """
         batch = [events] if isinstance(events, Event) else list(events)
         records = [self._record(short_topic, ev) for ev in batch]
         if not records:
             return DurableOutcome(acked=0, spooled=0)
+        dead = self._dead_flags(short_topic, records)
+        commit = self._commit(records, dead, time.monotonic() + timeout)
+        if commit.error is not None:
+            raise NotDurable(f"{len(commit.lost)} of {len(records)} events {commit.error}")
+        return DurableOutcome(acked=sum(commit.acked), spooled=len(records) - sum(commit.acked),
+                              dead_lettered=sum(commit.dead))
+
+    def submit_durable(self, short_topic: str, event: Event, *, timeout: float = 5.0) -> Future[DurableOutcome]:
+        """``publish_durable`` for one event without blocking: a future the group sender resolves.
+
+        Group commit: one sender thread hands whatever was submitted since its last pass to the
+        producer as one group (the producer's 5 ms linger packs concurrent groups into shared
+        produce requests) and waits for none of it: each ack resolves its own future from the
+        producer's network thread at once. Failed sends and sends not acked by their deadline (less
+        the spool reserve) are spooled together, one transaction per pass, then resolved; a record
+        the broker refuses for good is resent as its DeadLetter. The future's result is the event's
+        own ``DurableOutcome``; its exception ``NotDurable`` when neither broker nor spool took it.
+        Await it with ``asyncio.wrap_future``: no thread is held per waiting request.
+        """
+        record = self._record(short_topic, event)
+        item = _Waiting(record, self._dead_flags(short_topic, [record])[0], time.monotonic() + timeout, Future())
+        with self._group_lock:  # close() flips _closing under this lock: nothing is queued after the thread left
+            if not self._closing.is_set():
+                self._group_queue.put(item)
+                return item.future
+        self._commit_group([item])  # closing: straight to the spool, in the caller's thread
+        return item.future
+
+    def _dead_flags(self, short_topic: str, records: list[SpooledRecord]) -> list[bool]:
+        """Which records already stand for a dead-lettered event (not when the caller publishes DeadLetters)."""
         dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
-        dead = 0 if short_topic == TOPIC_DEAD_LETTER else sum(r.topic == dl_topic for r in records)
-        deadline = time.monotonic() + timeout
-        producer = self._producer
-        pending = records
-        acked = 0
+        return [short_topic != TOPIC_DEAD_LETTER and r.topic == dl_topic for r in records]
+
+    def _commit(self, records: list[SpooledRecord], dead: list[bool], deadline: float) -> _Commit:
+        """Send ``records``, wait for their acks, spool whatever is not acked by ``deadline`` in one
+        transaction.
+
+        ``dead`` is updated in place for records the producer or broker refuses for good (their
+        DeadLetter travels instead). Never raises for the broker or the spool: the result says
+        which records were acked, and which were lost with ``error`` when the spool write failed.
+        """
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
+        acked = [False] * len(records)
+        pending: list[tuple[int, SpooledRecord]] = list(enumerate(records))
         why = "broker unavailable"
-        if producer is not None and self._up and not self._closing.is_set():
-            futures: list[tuple[SpooledRecord, Any]] = []
-            unsent: list[SpooledRecord] = []
-            queue_ = list(records)
-            while queue_:
-                r = queue_.pop(0)
+        producer = self._producer
+        if (producer is not None and self._up and not self._closing.is_set()
+                and deadline - SPOOL_RESERVE_S > time.monotonic()):
+            futures: list[tuple[int, SpooledRecord, Any]] = []
+            unsent: list[tuple[int, SpooledRecord]] = []
+            todo = collections.deque(pending)
+            while todo:
+                i, r = todo.popleft()
                 try:
-                    futures.append((r, producer.send(r.topic, r.value, key=r.key)))
+                    futures.append((i, r, producer.send(r.topic, r.value, key=r.key)))
                 except Exception as exc:
                     if non_retriable(exc) and r.topic != dl_topic:  # this record only: its DeadLetter instead
-                        queue_.insert(0, self._dead_letter(r, refusal(exc, "the producer")))
-                        dead += 1
+                        todo.appendleft((i, self._dead_letter(r, refusal(exc, "the producer"))))
+                        dead[i] = True
                         continue
                     why = f"send failed: {exc!r}"  # metadata or buffer wait ran out: the broker is not there
-                    unsent = [r, *queue_]
+                    unsent = [(i, r), *todo]
                     break
-            failed: list[SpooledRecord] = []
+            failed: list[tuple[int, SpooledRecord]] = []
             broker_trouble = False
-            for r, f in futures:
+            for i, r, f in futures:
                 try:
                     f.get(timeout=max(0.0, deadline - SPOOL_RESERVE_S - time.monotonic()))
-                    acked += 1
+                    acked[i] = True
                 except Exception as exc:
                     if non_retriable(exc) and r.topic != dl_topic:  # refused by the broker: spool its DeadLetter
-                        failed.append(self._dead_letter(r, refusal(exc, "the broker")))
-                        dead += 1
+                        failed.append((i, self._dead_letter(r, refusal(exc, "the broker"))))
+                        dead[i] = True
                         continue
                     why = f"no ack: {exc!r}"
-                    failed.append(r)
+                    failed.append((i, r))
                     broker_trouble = True
             pending = failed + unsent
             if broker_trouble or unsent:
                 self._up = False  # next calls go straight to the spool until the sender sees the broker
-        if pending:
+        n_acked = sum(acked)
+        self._count(sent=n_acked)
+        if not pending:
+            return _Commit(acked, dead, [], None)
+        try:
+            self.spool.append([r for _, r in pending])
+        except Exception as exc:
+            log.error("%d of %d events neither acked (%s) nor spooled (%r)", len(pending), len(records), why, exc)
+            return _Commit(acked, dead, [i for i, _ in pending],
+                           f"were neither acknowledged by the broker ({why}) nor written to the local spool ({exc})")
+        self._count(spooled=len(pending), spool_rows=len(pending))
+        return _Commit(acked, dead, [], None)
+
+    def _resolve(self, group: list[_Waiting], outcome: _Commit) -> None:
+        """Give each waiter of a committed group its own outcome."""
+        lost = set(outcome.lost)
+        for i, w in enumerate(group):
+            if i in lost:
+                w.future.set_exception(NotDurable(f"this event and {len(lost) - 1} other(s) of its group "
+                                                  f"{outcome.error}"))
+            else:
+                w.future.set_result(DurableOutcome(acked=int(outcome.acked[i]), spooled=int(not outcome.acked[i]),
+                                                   dead_lettered=int(outcome.dead[i])))
+
+    def _commit_group(self, group: list[_Waiting]) -> None:
+        """Commit ``group`` the blocking way (while closing: straight to the spool)."""
+        self._resolve(group, self._commit([w.record for w in group], [w.dead for w in group],
+                                          min(w.deadline for w in group)))
+
+    def _spool_group(self, group: list[_Waiting], why: str) -> None:
+        """One spool transaction for claimed waiters the broker did not ack; resolve them."""
+        if not group:
+            return
+        try:
+            self.spool.append([w.record for w in group])
+        except Exception as exc:
+            log.error("%d events neither acked (%s) nor spooled (%r)", len(group), why, exc)
+            self._resolve(group, _Commit([False] * len(group), [w.dead for w in group], list(range(len(group))),
+                                         f"were neither acknowledged by the broker ({why}) nor written to the "
+                                         f"local spool ({exc})"))
+            return
+        self._count(spooled=len(group), spool_rows=len(group))
+        self._resolve(group, _Commit([False] * len(group), [w.dead for w in group], [], None))
+
+    def _acked_waiter(self, w: _Waiting) -> None:
+        """Producer callback (its network thread): the event is on the broker — answer at once."""
+        with self._waiting_lock:
+            if w.done:
+                return  # already spooled after its deadline: the late ack is a duplicate, deduped downstream
+            w.done = True
+            self._waiting.pop(id(w), None)
+        self._count(sent=1)
+        w.future.set_result(DurableOutcome(acked=1, spooled=0, dead_lettered=int(w.dead)))
+
+    def _failed_waiter(self, w: _Waiting, exc: BaseException) -> None:
+        """Producer errback: hand the event back to the group thread (spool, or its DeadLetter)."""
+        with self._waiting_lock:
+            if w.done:
+                return
+            w.done = True
+            self._waiting.pop(id(w), None)
+            self._unacked.append((w, exc))
+
+    def _send_group(self, group: list[_Waiting]) -> None:
+        """Hand a group to the producer without waiting: each ack resolves its own waiter."""
+        self._count(groups=1)
+        producer = self._producer
+        if producer is None or not self._up or self._closing.is_set():
+            for w in group:
+                w.done = True
+            self._spool_group(group, "broker unavailable")
+            return
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
+        todo = collections.deque(group)
+        while todo:
+            w = todo.popleft()
             try:
-                self.spool.append(pending)
+                future = producer.send(w.record.topic, w.record.value, key=w.record.key)
             except Exception as exc:
-                self._count(sent=acked)
-                log.error("%d of %d events neither acked (%s) nor spooled (%r)", len(pending), len(records), why,
-                          exc)
-                raise NotDurable(
-                    f"{len(pending)} of {len(records)} events were neither acknowledged by the broker ({why}) "
-                    f"nor written to the local spool ({exc})"
-                ) from exc
-            self._count(spooled=len(pending), spool_rows=len(pending))
-        self._count(sent=acked)
-        return DurableOutcome(acked=acked, spooled=len(pending), dead_lettered=dead)
+                if non_retriable(exc) and w.record.topic != dl_topic:  # this record only: its DeadLetter instead
+                    w.record, w.dead = self._dead_letter(w.record, refusal(exc, "the producer")), True
+                    todo.appendleft(w)
+                    continue
+                self._up = False  # metadata or buffer wait ran out: the broker is not there
+                rest = [w, *todo]
+                for r in rest:
+                    r.done = True
+                self._spool_group(rest, f"send failed: {exc!r}")
+                return
+            with self._waiting_lock:
+                self._waiting[id(w)] = w
+            future.add_callback(lambda _md, w=w: self._acked_waiter(w))
+            future.add_errback(lambda exc, w=w: self._failed_waiter(w, exc))
+
+    def _settle_unacked(self) -> None:
+        """Spool, in one transaction, the failed sends and the sends past their deadline; resend refusals
+        as DeadLetters."""
+        now = time.monotonic()
+        with self._waiting_lock:
+            failed, self._unacked = self._unacked, []
+            expired: list[_Waiting] = []
+            while self._waiting:
+                w = next(iter(self._waiting.values()))
+                if w.deadline - SPOOL_RESERVE_S > now and (not self._closing.is_set() or now < self._close_deadline):
+                    break
+                w.done = True
+                expired.append(self._waiting.pop(id(w)))
+        dl_topic = self.bus.topic(TOPIC_DEAD_LETTER)
+        resend: list[_Waiting] = []
+        to_spool = list(expired)
+        why = "no ack before the deadline" if expired else ""
+        for w, exc in failed:
+            if non_retriable(exc) and w.record.topic != dl_topic:  # refused by the broker: its DeadLetter instead
+                w.record, w.dead, w.done = self._dead_letter(w.record, refusal(exc, "the broker")), True, False
+                resend.append(w)
+            else:
+                why = f"no ack: {exc!r}"
+                to_spool.append(w)
+        if to_spool:
+            self._up = False  # next groups go straight to the spool until the sender sees the broker
+            log.warning("%d events not acked (%s); spooled", len(to_spool), why)
+            self._spool_group(to_spool, why)
+        if resend:
+            self._send_group(resend)
+
+    def _group_run(self, limit: int = 2_000) -> None:
+        """The group sender: whatever queued since its last pass goes to the producer as one group."""
+        while True:
+            try:
+                group = [self._group_queue.get(timeout=0.01 if self._waiting or self._unacked else 0.1)]
+            except queue.Empty:
+                group = []
+            while group and len(group) < limit:
+                try:
+                    group.append(self._group_queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if group:
+                    self._send_group(group)
+                self._settle_unacked()
+            except Exception as exc:  # a bug: the waiters of this group hear of it rather than hang
+                log.exception("group commit of %d events failed", len(group))
+                for w in group:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+            if self._closing.is_set() and not group and not self._waiting and not self._unacked:
+                return  # submit_durable queues nothing once _closing is set
 
     def publish(self, short_topic: str, event: Event, *, block_s: float = 0.0) -> None:
         """Queue the event for the broker; never raises for the broker.
@@ -292,7 +500,7 @@ class EventPublisher:
             sent=self._sent, spooled=self._spooled, redelivered=self._redelivered, dropped=self._dropped,
             dead_lettered=self._dead_lettered,
             pending=self._queue.qsize() + inflight + self._spool_rows, spool_rows=self._spool_rows,
-            broker_up=self._up,
+            broker_up=self._up, groups=self._groups,
         )
 
     def close(self, timeout: float = 10.0) -> None:
@@ -300,7 +508,25 @@ class EventPublisher:
         if self._closing.is_set():
             return
         deadline = time.monotonic() + timeout
-        self._closing.set()
+        with self._group_lock:
+            self._close_deadline = deadline - SPOOL_RESERVE_S
+            self._closing.set()
+        self._group_thread.join(max(0.1, deadline - time.monotonic()))  # queued events spooled at once
+        with self._waiting_lock:  # only when the group thread did not finish in time
+            left = list(self._waiting.values()) + [w for w, _ in self._unacked]
+            self._waiting.clear()
+            self._unacked = []
+            for w in left:
+                w.done = True
+        self._spool_group(left, "closing")
+        stranded: list[_Waiting] = []
+        while True:  # only when the group thread did not finish in time
+            try:
+                stranded.append(self._group_queue.get_nowait())
+            except queue.Empty:
+                break
+        if stranded:
+            self._commit_group(stranded)
         self._thread.join(max(0.1, deadline - time.monotonic()))
         leftovers: list[SpooledRecord] = []
         while True:

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     model_watch: bool = True
     # champions loaded at once while a replica starts (downloads overlap; /readyz waits for all of them)
     preload_concurrency: int = Field(default=4, ge=1, le=32)
+    # estimated memory for loaded models; beyond it the least recently used idle ones are evicted and
+    # load again on their next request (0: no limit, every classifier stays loaded)
+    model_memory_mb: float = Field(default=0, ge=0)
     model_poll_seconds: float = Field(default=30.0, gt=0)
     # follow tenant-events: a config or key change elsewhere drops this replica's cached copy at once
     # (config_cache_seconds stays the bound when an event is lost)

@@ -68,6 +68,7 @@ def build_services(settings: Settings, *, engine: ServingEngine | None = None,
         quantize=settings.quantize,
         runtime=settings.serving_runtime,
         long_text=settings.long_text_strategy,
+        memory_budget_mb=settings.model_memory_mb,
     )
     _engine(services).on_load_failure = load_failure_alert(services, settings)
     services.predictions = PredictionStore(services.store)
@@ -108,6 +109,9 @@ def _engine(services: Services) -> ServingEngine:
 def _preload(services: Services, done: threading.Event, failed: dict[str, str], concurrency: int) -> None:
     """Load every classifier's champion before declaring the replica ready; note what failed.
 
+    Under a memory budget (``SIFT_MODEL_MEMORY_MB``) only as many as fit: the rest load on their
+    first request.
+
     Several at once: with many tenants the downloads dominate and overlap (the engine loads one at a time).
     """
     engine = _engine(services)
@@ -120,6 +124,8 @@ def _preload(services: Services, done: threading.Event, failed: dict[str, str], 
 
     def load(name: str) -> None:
         engine.slot(name)  # the model watcher's poll retries a slot whose load failed
+        if not engine.has_room():
+            return  # the memory budget is full: this one loads on its first request
         try:
             engine.refresh(name)
         except Exception as exc:
