@@ -92,12 +92,13 @@ def main() -> None:
         Bus(settings).ensure_topics()
         model_dir = make_model_dir(work / "model")
         # the fixed threshold routes nothing: replica scaling, not the review path, is measured here
-        _, key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(name="bench", labels=LABELS,
-                                                                            threshold=0.0001))
+        _, key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(
+            name="bench", labels=LABELS, threshold=0.0001, rate_limit_per_s=100_000, rate_limit_burst=100_000))
         from bench.feedback import LABELS as FEEDBACK_LABELS
 
         # feedback needs no model: a classifier with the feedback bench's labels
-        _, fb_key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(name="fb", labels=FEEDBACK_LABELS))
+        _, fb_key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(
+            name="fb", labels=FEEDBACK_LABELS, rate_limit_per_s=100_000, rate_limit_burst=100_000))
         configure_mlflow(settings)
         mlflow.set_experiment("sift-bench")
         with mlflow.start_run() as run:
