@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -157,8 +158,14 @@ class ServingEngine:
 
     def load_model(self, classifier: str, version: str, model_dir: str) -> LoadedModel:
         """Load and warm a model on the configured backend (blocking; runs beside serving, not in its way)."""
+        # a version downloaded into the model cache (<cache>/<classifier>/<version>/model) keeps its
+        # exported ONNX graph beside it: the next load of that version (after an eviction, a restart,
+        # another replica on the host) skips the export and quantisation
+        folder = Path(model_dir).parent
+        onnx_cache = folder / "onnx" if (folder / ".complete").exists() else None
         model = LoadedModel.load(model_dir, version=version, runtime=self.runtime, quantize=self.quantize,
-                                 num_threads=self.torch_threads or None, long_text=self.long_text)
+                                 num_threads=self.torch_threads or None, long_text=self.long_text,
+                                 onnx_cache=onnx_cache)
         model.warm_up()
         log.info("classifier %s v%s loaded (%s)", classifier, version, model.backend)
         return model

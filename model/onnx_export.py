@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,6 +27,9 @@ CHECK_TEXTS = [
     "oil prices rose sharply after the cartel agreed to cut output",
     "the bank raised its key interest rate by half a point to defend the currency " * 3,
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class OnnxExportError(RuntimeError):
@@ -45,13 +50,17 @@ class OnnxLogits:
 
 
 def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
-                max_int8_diff: float = 0.25) -> OnnxLogits:
+                max_int8_diff: float = 0.25, cache_dir: Path | None = None) -> OnnxLogits:
     """Export ``model`` (an HF sequence classifier on CPU) to an ONNX Runtime session.
 
     Two checks against torch on ``CHECK_TEXTS``: the fp32 graph must match to 1e-3 (a broken export
     is refused outright); the int8 one within ``max_int8_diff`` of a probability, a bound on
     quantisation noise (per-channel weights: measured <= 0.14 on 200 Reuters texts with a fine-tuned
     MiniLM, 99.5% identical labels; per-tensor, like torch's dynamic int8, reached 0.7-0.9).
+
+    ``cache_dir`` (a model version's own folder): the checked graph is kept there and the next load
+    of that version opens it instead of exporting and quantising again (most of a cold load), still
+    checked against torch; a cached graph that fails to open or to agree is exported afresh.
     """
     try:
         import onnxruntime as ort
@@ -67,6 +76,17 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
     options.inter_op_num_threads = 1
     # no busy-waiting between ops: the event loop and tokenizer need the same few cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    cached = cache_dir / ("model.int8.onnx" if quantize else "model.onnx") if cache_dir else None
+    if cached is not None and cached.exists():
+        try:
+            logits = OnnxLogits(ort.InferenceSession(str(cached), options, providers=["CPUExecutionProvider"]),
+                                names, quantized=quantize)
+            _check_agreement(_torch_probabilities(model, tokenizer, names), tokenizer, logits,
+                             max_int8_diff if quantize else 1e-3)
+            return logits
+        except Exception as exc:  # noqa: BLE001 - a damaged or stale cache is only a slower load
+            log.warning("cached ONNX graph %s not used (%s); exporting again", cached, exc)
+            cached.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="sift-onnx-") as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         try:
@@ -84,6 +104,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         expected = _torch_probabilities(model, tokenizer, names)
         _check_agreement(expected, tokenizer, logits, 1e-3)
         if not quantize:
+            _keep(fp32, cached)
             return logits
         try:
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -97,8 +118,22 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
                                 names, quantized=True)
         except Exception as exc:  # noqa: BLE001
             raise OnnxExportError(f"ONNX int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
-    _check_agreement(expected, tokenizer, logits, max_int8_diff)
+        _check_agreement(expected, tokenizer, logits, max_int8_diff)
+        _keep(int8, cached)
     return logits
+
+
+def _keep(graph: Path, cached: Path | None) -> None:
+    """Copy a checked graph into the cache atomically (replicas sharing a cache never read half a file)."""
+    if cached is None:
+        return
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
+        shutil.copyfile(graph, partial)
+        partial.replace(cached)
+    except OSError as exc:  # a read-only model folder: serve anyway, export again next time
+        log.warning("could not cache the ONNX graph at %s: %s", cached, exc)
 
 
 def _check_batch(tokenizer: Any) -> Any:

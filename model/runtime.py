@@ -123,14 +123,16 @@ class LoadedModel:
     @classmethod
     def load(cls, model_dir: str | Path, version: str = "local", *, runtime: Runtime = "torch",
              quantize: Quantize = "none", num_threads: int | None = None, max_length: int | None = None,
-             batch_size: int = 64, device: str | None = None, long_text: LongText = "head_tail") -> LoadedModel:
+             batch_size: int = 64, device: str | None = None, long_text: LongText = "head_tail",
+             onnx_cache: Path | None = None) -> LoadedModel:
         """Load a model directory for inference (CPU unless ``device`` says otherwise) on its backend.
 
         On CPU, ``runtime="onnx"`` exports to ONNX Runtime and falls back to torch (logged) when the
         export fails or disagrees; ``quantize="int8"`` quantises whichever backend serves. Both are
         ignored on an accelerator. ``num_threads`` sets torch's intra-op threads, process-wide (the
         serving engine picks it once), and ONNX Runtime's for this model. ``long_text`` chooses the
-        window of a text longer than ``max_length`` tokens (``text_windows``).
+        window of a text longer than ``max_length`` tokens (``text_windows``). ``onnx_cache``: a folder
+        of this version's own where the exported graph is kept for the next load (``export_onnx``).
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -155,13 +157,15 @@ class LoadedModel:
                      max_length=max_length or int(meta.get("max_length", 128)), meta=meta,
                      model_dir=str(model_dir), batch_size=batch_size, long_text=long_text)
         if loaded.device.type == "cpu":
-            loaded._choose_backend(runtime, quantize, num_threads or 0)
+            loaded._choose_backend(runtime, quantize, num_threads or 0, onnx_cache)
         return loaded
 
-    def _choose_backend(self, runtime: Runtime, quantize: Quantize, threads: int) -> None:
+    def _choose_backend(self, runtime: Runtime, quantize: Quantize, threads: int,
+                        onnx_cache: Path | None = None) -> None:
         if runtime == "onnx":
             try:
-                self.onnx = export_onnx(self.model, self.tokenizer, quantize=quantize == "int8", threads=threads)
+                self.onnx = export_onnx(self.model, self.tokenizer, quantize=quantize == "int8", threads=threads,
+                                        cache_dir=onnx_cache)
             except OnnxExportError as exc:
                 log.warning("%s v%s: serving with torch instead of ONNX Runtime: %s",
                             self.meta.get("classifier") or self.model_dir, self.version, exc)

@@ -87,3 +87,42 @@ def test_new_version_exported_while_requests_flow(tiny_model_dir):
     first_new = seen.index("2")
     assert set(seen[first_new:]) == {"2"}
     assert engine.slot("c").model.backend == "onnx-int8"
+
+
+def test_a_version_in_the_model_cache_is_exported_once(tiny_model_dir, tiny_examples, tmp_path, monkeypatch):
+    """A second load of a cached version opens the kept graph (export now fails: still ONNX); a damaged
+    graph is exported afresh, not served and not fatal."""
+    import shutil
+
+    import torch
+
+    version = tmp_path / "cache" / "c" / "7"
+    shutil.copytree(tiny_model_dir, version / "model")
+    (version / ".complete").touch()  # what Registry.download leaves
+    engine = ServingEngine(lambda name: None, runtime="onnx", quantize="int8")
+    first = engine.load_model("c", "7", str(version / "model"))
+    kept = version / "onnx" / "model.int8.onnx"
+    assert first.backend == "onnx-int8" and kept.exists()
+
+    def no_export(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    second = engine.load_model("c", "7", str(version / "model"))
+    texts = list(tiny_examples.values())
+    assert second.backend == "onnx-int8"
+    assert np.allclose(second.predict_proba(texts), first.predict_proba(texts), atol=1e-5)
+
+    monkeypatch.undo()
+    kept.write_bytes(b"not an onnx graph")
+    third = engine.load_model("c", "7", str(version / "model"))
+    assert third.backend == "onnx-int8" and kept.read_bytes() != b"not an onnx graph"
+
+
+def test_a_model_folder_outside_the_cache_keeps_no_graph(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "plain" / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    served = ServingEngine(lambda name: None, runtime="onnx", quantize="int8").load_model("c", "1", str(folder))
+    assert served.backend == "onnx-int8" and not (folder.parent / "onnx").exists()
