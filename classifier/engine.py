@@ -105,6 +105,9 @@ class ModelSlot:
 ChampionResolver = Callable[[str], tuple[str, str] | None]
 """classifier -> (version, local model dir) of its champion, or None when it has none."""
 
+ColdStart = Callable[[str], "LoadedModel | None"]
+"""classifier -> a model to serve while it has no champion (label prototypes), or None."""
+
 LoadFailureHook = Callable[[str, str, BaseException], None]
 """(classifier, version, error) of a champion that could not be loaded: the composition root alerts."""
 
@@ -143,6 +146,7 @@ class ServingEngine:
         self._load_lock = threading.Lock()
         self._loading: dict[str, asyncio.Future[None]] = {}
         self.on_load_failure: LoadFailureHook | None = None
+        self.cold_start: ColdStart | None = None  # set by the composition root
 
     def slot(self, classifier: str) -> ModelSlot:
         with self._lock:
@@ -224,7 +228,7 @@ class ServingEngine:
         with lock:  # the watcher, the poller and the preload never load one model twice; others load beside it
             found = self.resolve_champion(classifier)
             if found is None:
-                return None
+                return self._serve_cold(classifier)
             version, model_dir = found
             if self.loaded_version(classifier) != version:
                 try:
@@ -237,6 +241,22 @@ class ServingEngine:
                     raise
                 self.swap_in(classifier, model)
             return version
+
+    def _serve_cold(self, classifier: str) -> str | None:
+        """No champion: the cold-start model, if the classifier has one (a trained champion replaces it)."""
+        if self.cold_start is None:
+            return None
+        try:
+            model = self.cold_start(classifier)
+        except Exception:
+            log.warning("cold-start model of %s could not be built", classifier, exc_info=True)
+            return None
+        if model is None:
+            return None
+        if self.loaded_version(classifier) != model.version:
+            model.warm_up()
+            self.swap_in(classifier, model)  # type: ignore[arg-type]
+        return model.version
 
     async def ensure_loaded(self, classifier: str) -> ModelSlot:
         s = self.slot(classifier)

@@ -122,6 +122,12 @@ class ClassifierConfig(BaseModel):
     near_duplicate_similarity: float = Field(
         default=0.6, gt=0, le=1,
         description="a model-doubt text this similar (shingle Jaccard) to an open task waits for it; 1: off")
+    # cold start: with no trained model yet, serve label prototypes from the base encoder (model/prototype.py)
+    cold_start: bool = Field(default=True, description="serve label-name prototypes until a model is trained")
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict, description="label -> a sentence saying what it covers (cold start)")
+    seed_examples: dict[str, list[str]] = Field(
+        default_factory=dict, description="label -> a few example texts (cold start; at most 20 per label)")
     label_studio_project_id: int | None = None
     # Label Studio sends it with every webhook of this classifier's project; None: SIFT_WEBHOOK_SECRET.
     # Rotated by `sift review rotate-webhook-secret` / POST /v1/admin/classifiers/{name}/webhook-secret
@@ -132,6 +138,18 @@ class ClassifierConfig(BaseModel):
     api_keys: list[ApiKeyRecord] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _cold_start_labels(self) -> ClassifierConfig:
+        for field, given in (("label_descriptions", self.label_descriptions), ("seed_examples", self.seed_examples)):
+            unknown = sorted(set(given) - set(self.labels))
+            if unknown:
+                raise ValueError(f"{field} names labels the classifier does not have: {unknown}")
+        if any(len(v) > 1000 for v in self.label_descriptions.values()):
+            raise ValueError("a label description is longer than 1000 characters")
+        if any(len(v) > 20 or any(not t.strip() or len(t) > 2000 for t in v) for v in self.seed_examples.values()):
+            raise ValueError("seed_examples: at most 20 per label, each 1 to 2000 characters")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -27,6 +27,9 @@ class CreateClassifier(BaseModel):
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
+    cold_start: bool = Field(default=True, description="serve label prototypes until a model is trained")
+    label_descriptions: dict[str, str] = Field(default_factory=dict, description="label -> what it covers")
+    seed_examples: dict[str, list[str]] = Field(default_factory=dict, description="label -> a few examples")
 
 
 class UpdateClassifier(BaseModel):
@@ -37,6 +40,9 @@ class UpdateClassifier(BaseModel):
     rate_limit_per_s: float | None = None
     rate_limit_burst: int | None = None
     retrain: RetrainPolicy | None = None
+    cold_start: bool | None = None
+    label_descriptions: dict[str, str] | None = None
+    seed_examples: dict[str, list[str]] | None = None
 
 
 class ClassifierView(BaseModel):
@@ -50,6 +56,9 @@ class ClassifierView(BaseModel):
     rate_limit_per_s: float
     rate_limit_burst: int
     retrain: RetrainPolicy
+    cold_start: bool
+    label_descriptions: dict[str, str]
+    seed_examples: dict[str, list[str]]
     label_studio_project_id: int | None
     api_key_ids: list[str]
     created_at: datetime

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from classifier.api import router as classify_router
+from classifier.cold_start import cold_start_hook
 from classifier.engine import LoadFailureHook, ServingEngine
 from classifier.routing import BudgetRouter
 from feedback.api import router as feedback_router
@@ -70,7 +71,11 @@ def build_services(settings: Settings, *, engine: ServingEngine | None = None,
         long_text=settings.long_text_strategy,
         memory_budget_mb=settings.model_memory_mb,
     )
-    _engine(services).on_load_failure = load_failure_alert(services, settings)
+    engine_ = _engine(services)
+    engine_.on_load_failure = load_failure_alert(services, settings)
+    if engine_.cold_start is None:
+        engine_.cold_start = cold_start_hook(
+            services.tenants, lambda name: slot.model if (slot := engine_.slots.get(name)) else None)
     services.predictions = PredictionStore(services.store)
     services.review_router = BudgetRouter()
     services.publisher = publisher or EventPublisher(settings)

@@ -25,7 +25,8 @@ def served(own_bucket_settings, mlflow_server, tiny_model_dir):
     tenants.store.ensure_bucket()
     name = f"clf-{uuid.uuid4().hex[:8]}"
     cfg, key = tenants.create(ClassifierConfig(name=name, labels=labels, threshold=0.5))
-    other, other_key = tenants.create(ClassifierConfig(name=f"{name}-b", labels=labels))
+    # no model and cold start switched off: the 503 path
+    other, other_key = tenants.create(ClassifierConfig(name=f"{name}-b", labels=labels, cold_start=False))
     version = register_champion(sift_settings, name, Path(tiny_model_dir))
     app = create_app(sift_settings)
     with TestClient(app) as client:
@@ -111,6 +112,30 @@ def test_a_maximum_size_document_is_classified_by_its_end_and_stored_whole(serve
     predictions = c.app.state.services.predictions
     assert predictions.flush()
     assert predictions.get(name, res["prediction_id"]).text == doc
+
+
+def test_a_new_classifier_answers_from_label_prototypes_and_routes_its_doubts(served, tiny_examples):
+    """Created through the admin API with labels and descriptions only: it serves at once, and a text it
+    cannot place is routed to review."""
+    c = served["client"]
+    admin = {"x-admin-key": served["settings"].admin_key}
+    name = f"cold-{uuid.uuid4().hex[:8]}"
+    r = c.post("/v1/admin/classifiers", headers=admin, json={
+        "name": name, "labels": list(tiny_examples), "threshold": 0.6,
+        "label_descriptions": {"finance": "money, banks, markets and company results"}})
+    assert r.status_code == 201, r.text
+    key = r.json()["api_key"]
+    for label, text in tiny_examples.items():
+        r = c.post(url(name), json={"text": text}, headers={"x-api-key": key})
+        assert r.status_code == 200, r.text
+        (res,) = r.json()["results"]
+        assert res["label"] == label and res["model_version"].startswith("prototype-"), res
+    r = c.post(url(name), json={"text": "zzqx"}, headers={"x-api-key": key})  # no label fits (0.44 here)
+    (res,) = r.json()["results"]
+    assert res["confidence"] < 0.6 and res["review_requested"] is True, res
+    bad = c.post("/v1/admin/classifiers", headers=admin, json={
+        "name": f"{name}-x", "labels": ["a", "b"], "label_descriptions": {"zzz": "not a label"}})
+    assert bad.status_code == 422 and "labels the classifier does not have" in bad.text
 
 
 def test_no_model_is_503(served):
