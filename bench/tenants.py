@@ -17,6 +17,11 @@ mix.
    the process high-water mark), resident models at the end, first-request latency of a cold
    classifier p50/p99, and the hot classifiers' latency p50/p99 during the cold loads.
 
+3. ``onnx_cache``: one version loaded from a model-cache folder (``<cache>/<classifier>/<version>/model``
+   with ``.complete``, as ``Registry.download`` leaves it) twice: the first load exports and
+   quantises and keeps the graph, the second (an eviction's reload, a restart) opens it; and a load
+   from a plain folder (no cache) beside them.
+
     .venv/bin/python bench/tenants.py [--classifiers 100] [--loaded 4] [--cold 12] [--budget-mb 600]
 """
 
@@ -121,6 +126,24 @@ async def budget(model_dir: Path, args: argparse.Namespace, texts: list[str]) ->
             "resident_estimate_mb": sum(resident.values()) / 2**20}
 
 
+async def onnx_cache(model_dir: Path, args: argparse.Namespace, texts: list[str]) -> dict:
+    engine = engine_for(model_dir, 0)
+    version = Path(tempfile.mkdtemp(prefix="sift-bench-onnx-cache-")) / "c" / "1"
+    (version / "model").mkdir(parents=True)
+    for f in model_dir.iterdir():  # the same weights, in the registry cache's layout
+        (version / "model" / f.name).symlink_to(f)
+    (version / ".complete").touch()
+    out = {}
+    for label, folder in (("plain_folder_ms", model_dir), ("first_load_ms", version / "model"),
+                          ("cached_reload_ms", version / "model")):
+        started = time.perf_counter()
+        model = engine.load_model("c", "1", str(folder))
+        out[label] = (time.perf_counter() - started) * 1000
+        out[f"{label}_backend"] = model.backend
+    out["reload_speedup"] = out["first_load_ms"] / out["cached_reload_ms"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classifiers", type=int, default=100)
@@ -129,14 +152,14 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=float, default=600)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tenants.json")
-    ap.add_argument("--phase", choices=["unbounded", "budget"], help=argparse.SUPPRESS)
+    ap.add_argument("--phase", choices=["unbounded", "budget", "onnx_cache"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
         from bench.classify import bench_texts
 
         texts = bench_texts(200)
-        run = unbounded if args.phase == "unbounded" else budget
+        run = {"unbounded": unbounded, "budget": budget, "onnx_cache": onnx_cache}[args.phase]
         print(json.dumps(asyncio.run(run(args.model_dir, args, texts))))
         return
 
@@ -145,7 +168,7 @@ def main() -> None:
 
     model_dir = make_model_dir(Path(tempfile.mkdtemp(prefix="sift-bench-tenants-")) / "model")
     out: dict = {}
-    for phase in ("unbounded", "budget"):
+    for phase in ("unbounded", "budget", "onnx_cache"):
         cmd = [sys.executable, __file__, "--phase", phase, "--model-dir", str(model_dir),
                "--classifiers", str(args.classifiers), "--loaded", str(args.loaded), "--cold", str(args.cold),
                "--budget-mb", str(args.budget_mb)]
@@ -171,6 +194,10 @@ def main() -> None:
         f"{pct([c / 1000 for c in u['cold_ms'][1:]], 0.99):.0f} | {b['cold_p50_ms']:.0f} / {b['cold_p99_ms']:.0f} |",
         f"| hot classifier p50 / p99 (ms) | {u['hot_p50_ms']:.1f} / {u['hot_p99_ms']:.1f} (alone) | "
         f"{b['hot_p50_ms']:.1f} / {b['hot_p99_ms']:.1f} (during the cold loads) |",
+        "",
+        f"load of one version (ms): plain folder {out['onnx_cache']['plain_folder_ms']:.0f}, first load into the "
+        f"model cache {out['onnx_cache']['first_load_ms']:.0f}, cached reload "
+        f"{out['onnx_cache']['cached_reload_ms']:.0f} ({out['onnx_cache']['reload_speedup']:.1f}x)",
     ]
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
