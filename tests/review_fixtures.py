@@ -18,7 +18,6 @@ from infra.bus import Bus
 from infra.events import TOPIC_REVIEW_REQUESTS, ReviewedLabel, ReviewRequest
 from infra.http import Services
 from infra.local.procs import LOOPBACK, free_port
-from infra.objectstore import ObjectStore
 from infra.publisher import EventPublisher
 from infra.reviewed import load_reviewed
 from infra.settings import Settings
@@ -162,10 +161,11 @@ class ReviewEnv:
 
 @pytest.fixture(name="review_env")
 def review_env_fixture(sift_settings: Settings, label_studio: Any) -> Iterator[ReviewEnv]:
-    # topics and a bucket of its own: another test's review worker (shared bucket, other prefix)
-    # would refill this test's classifiers, and the API would preload every champion in the bucket
-    base = isolated(sift_settings).model_copy(update={"bucket": f"{sift_settings.bucket}-{uuid.uuid4().hex[:10]}"})
-    ObjectStore(base).ensure_bucket()
+    # topics of its own, the session's bucket: a bucket per review test exhausted the session
+    # SeaweedFS's volumes (each bucket is a collection with volumes of its own: PutObject
+    # InternalError for every later test); consumer groups carry the prefix, so workers of other
+    # tests never rebalance this one's
+    base = isolated(sift_settings)
     probe = ApiServer(base)  # reserve the port first: the webhook URL must name it
     settings = base.model_copy(update={"public_api_url": probe.url, "webhook_secret": uuid.uuid4().hex})
     probe.services.settings = settings
