@@ -61,6 +61,22 @@ def make_model_dir(out: Path) -> Path:
     return init_model_dir(out, default_base_model(), LABELS, classifier="bench")
 
 
+def register_champion(settings: Settings, name: str, model_dir: Path) -> str:
+    """Log a model directory to MLflow, register it and make it the classifier's champion."""
+    import mlflow
+
+    from infra.registry import Registry, configure_mlflow
+
+    configure_mlflow(settings)
+    mlflow.set_experiment("sift-bench")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model_dir), "model")
+    registry = Registry(settings)
+    version = registry.register(name, run.info.run_id).version
+    registry.set_champion(name, version)
+    return version
+
+
 def bench_texts(n: int = 500) -> list[str]:
     """Reuters R8 test texts (synthetic newswire-length texts if the corpus cannot be loaded)."""
     try:
@@ -199,23 +215,15 @@ def main() -> None:
     results: dict[str, dict] = {}
     try:
         os.environ.update(env)
-        import mlflow
-
         from infra.bus import Bus
         from infra.objectstore import ObjectStore
-        from infra.registry import Registry, configure_mlflow
         from infra.tenants import ClassifierConfig, TenantStore
 
         Bus(settings).ensure_topics()
         store = ObjectStore(settings)
-        configure_mlflow(settings)
-        mlflow.set_experiment("sift-bench")
-        with mlflow.start_run() as run:
-            mlflow.log_artifacts(str(model_dir), "model")
-        reg = Registry(settings)
         name = "bench"
         _, key = TenantStore(store).create(ClassifierConfig(name=name, labels=LABELS, threshold=0.0001))
-        reg.set_champion(name, reg.register(name, run.info.run_id).version)
+        register_champion(settings, name, model_dir)
 
         rate = args.rate
         if "baseline" in variants:

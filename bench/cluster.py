@@ -81,13 +81,11 @@ def main() -> None:
     try:
         print("starting the cluster (S3, PostgreSQL, HAProxy, 2 brokers, MLflow) ...", flush=True)
         stack.start(with_label_studio=False, timeout=400)
-        import mlflow
-
-        from bench.classify import LABELS
+        from bench.classify import LABELS, register_champion
         from infra.bus import Bus
         from infra.objectstore import ObjectStore
-        from infra.registry import Registry, configure_mlflow
         from infra.tenants import ClassifierConfig, TenantStore
+        from sift.local_up import start_replicas
 
         Bus(settings).ensure_topics()
         model_dir = make_model_dir(work / "model")
@@ -99,17 +97,9 @@ def main() -> None:
         # feedback needs no model: a classifier with the feedback bench's labels
         _, fb_key = TenantStore(ObjectStore(settings)).create(ClassifierConfig(
             name="fb", labels=FEEDBACK_LABELS, rate_limit_per_s=100_000, rate_limit_burst=100_000))
-        configure_mlflow(settings)
-        mlflow.set_experiment("sift-bench")
-        with mlflow.start_run() as run:
-            mlflow.log_artifacts(str(model_dir), "model")
-        registry = Registry(settings)
-        registry.set_champion("bench", registry.register("bench", run.info.run_id).version)
+        register_champion(settings, "bench", model_dir)
         ports = stack.topology.api_ports
-        for i, port in enumerate(ports):
-            stack.spawn(f"api-{i}", [sys.executable, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host",
-                                     "127.0.0.1", "--port", str(port), "--no-access-log"],
-                        env={"SIFT_DATA_DIR": str(stack.data_dir / "replicas" / f"api-{i}")}, ready_port=port)
+        start_replicas(stack, settings)  # the replicas of `sift up`, without its workers
         assert wait_until(lambda: all(httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=5).status_code == 200
                                       for p in ports), timeout=600), "replicas not ready"
         texts_file = work / "texts.json"

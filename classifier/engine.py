@@ -20,12 +20,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from classifier import metrics
 from classifier.batcher import MicroBatcher
+from infra.registry import derived_dir
 from model.runtime import LoadedModel, LongText, Quantize, Runtime
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,9 @@ class ModelSlot:
 ChampionResolver = Callable[[str], tuple[str, str] | None]
 """classifier -> (version, local model dir) of its champion, or None when it has none."""
 
-ColdStart = Callable[[str], "LoadedModel | None"]
-"""classifier -> a model to serve while it has no champion (label prototypes), or None."""
+ColdStart = Callable[[str, "LoadedModel | None"], "LoadedModel | None"]
+"""(classifier, what serves it now) -> a model to serve while it has no champion (label prototypes),
+or None; returning what serves now keeps it."""
 
 LoadFailureHook = Callable[[str, str, BaseException], None]
 """(classifier, version, error) of a champion that could not be loaded: the composition root alerts."""
@@ -162,14 +163,12 @@ class ServingEngine:
 
     def load_model(self, classifier: str, version: str, model_dir: str) -> LoadedModel:
         """Load and warm a model on the configured backend (blocking; runs beside serving, not in its way)."""
-        # a version downloaded into the model cache (<cache>/<classifier>/<version>/model) keeps its
-        # exported ONNX graph beside it: the next load of that version (after an eviction, a restart,
-        # another replica on the host) skips the export and quantisation
-        folder = Path(model_dir).parent
-        onnx_cache = folder / "onnx" if (folder / ".complete").exists() else None
+        # a version downloaded into the model cache keeps its exported ONNX graph beside it: the next
+        # load of that version (after an eviction, a restart, another replica on the host) skips the
+        # export and quantisation
         model = LoadedModel.load(model_dir, version=version, runtime=self.runtime, quantize=self.quantize,
                                  num_threads=self.torch_threads or None, long_text=self.long_text,
-                                 onnx_cache=onnx_cache)
+                                 onnx_cache=derived_dir(model_dir))
         model.warm_up()
         log.info("classifier %s v%s loaded (%s)", classifier, version, model.backend)
         return model
@@ -247,7 +246,8 @@ class ServingEngine:
         if self.cold_start is None:
             return None
         try:
-            model = self.cold_start(classifier)
+            slot = self.slots.get(classifier)
+            model = self.cold_start(classifier, slot.model if slot else None)
         except Exception:
             log.warning("cold-start model of %s could not be built", classifier, exc_info=True)
             return None

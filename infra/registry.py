@@ -23,6 +23,15 @@ from typing import Any
 
 from infra.settings import Settings, get_settings
 
+COMPLETE = ".complete"  # written last by Registry.download: the version's folder is whole
+
+
+def derived_dir(model_dir: str | Path) -> Path | None:
+    """Where a replica keeps what it derives from a downloaded version (its ONNX graph): beside the
+    version in the model cache; None for any folder the registry did not download."""
+    folder = Path(model_dir).parent
+    return folder / "onnx" if (folder / COMPLETE).exists() else None
+
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
 ANY = object()
@@ -216,7 +225,7 @@ class Registry:
         import mlflow
 
         cache = (cache_dir or self.settings.model_cache_dir) / ref.classifier / ref.version
-        marker = cache / ".complete"
+        marker = cache / COMPLETE
         if marker.exists():
             return cache / "model"
         if cache.exists():

@@ -74,8 +74,7 @@ def build_services(settings: Settings, *, engine: ServingEngine | None = None,
     engine_ = _engine(services)
     engine_.on_load_failure = load_failure_alert(services, settings)
     if engine_.cold_start is None:
-        engine_.cold_start = cold_start_hook(
-            services.tenants, lambda name: slot.model if (slot := engine_.slots.get(name)) else None)
+        engine_.cold_start = cold_start_hook(services.tenants)
     services.predictions = PredictionStore(services.store)
     services.review_router = BudgetRouter()
     services.publisher = publisher or EventPublisher(settings)

@@ -55,28 +55,30 @@ WORKERS = ("review", "retrain", "dropfolder", "reconcile", "gc")
 SINGLE_WORKERS = {"gc"}  # retention and drift passes: one is enough, two would only repeat them
 
 
-def start_processes(stack: LocalStack, settings: Settings) -> list[str]:
-    """The API replica(s) and workers the stack's topology asks for; returns their names."""
+def start_processes(stack: LocalStack, settings: Settings) -> None:
+    """The API replica(s) and workers the stack's topology asks for."""
+    start_replicas(stack, settings)
+    py = sys.executable
+    for worker in WORKERS:
+        count = 1 if worker in SINGLE_WORKERS else stack.topology.workers
+        for i in range(count):
+            name = f"worker-{worker}" if count == 1 else f"worker-{worker}-{i}"
+            stack.spawn(name, [py, "-m", "sift.cli", "worker", worker])
+
+
+def start_replicas(stack: LocalStack, settings: Settings) -> None:
+    """The API replica(s), each waited for until its port answers."""
     py = sys.executable
     topology = stack.topology
     if topology.clustered:  # replicas on hidden ports behind the load balancer at public_api_url
         replicas = [(f"api-{i}", port) for i, port in enumerate(topology.api_ports)]
     else:
         replicas = [("api", local_port(settings.public_api_url) or 18000)]
-    names = []
     for name, port in replicas:
         # a replica of a cluster keeps its spool and model cache to itself, as a pod with its own volume
         env = {"SIFT_DATA_DIR": str(stack.data_dir / "replicas" / name)} if topology.clustered else None
         stack.spawn(name, [py, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
                            "--port", str(port), "--no-access-log"], env=env, ready_port=port)
-        names.append(name)
-    for worker in WORKERS:
-        count = 1 if worker in SINGLE_WORKERS else topology.workers
-        for i in range(count):
-            name = f"worker-{worker}" if count == 1 else f"worker-{worker}-{i}"
-            stack.spawn(name, [py, "-m", "sift.cli", "worker", worker])
-            names.append(name)
-    return names
 
 
 def up(settings: Settings, *, with_label_studio: bool, demo: bool, train_rows: int, detach: bool,

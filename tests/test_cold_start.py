@@ -75,7 +75,7 @@ def test_the_engine_serves_prototypes_until_a_champion_exists(tiny_model_dir, ti
     tenants = _Tenants(ClassifierConfig(name="cold", labels=list(tiny_examples)),
                        ClassifierConfig(name="off", labels=list(tiny_examples), cold_start=False))
     engine = ServingEngine(lambda name: champion.get(name))
-    engine.cold_start = cold_start_hook(tenants, lambda n: s.model if (s := engine.slots.get(n)) else None)
+    engine.cold_start = cold_start_hook(tenants)
 
     async def classify(name: str) -> list:
         return await engine.classify(name, list(tiny_examples.values()))

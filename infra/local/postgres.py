@@ -76,6 +76,15 @@ class PostgresServer(LocalService):
     def url(self, database: str, driver: str = "postgresql") -> str:
         return f"{driver}://{USER}:{PASSWORD}@{LOOPBACK}:{self.port}/{database}"
 
+    def connection(self, database: str) -> dict[str, str]:
+        """host, port, name, user, password of one of its databases (Label Studio takes them apart)."""
+        return {"host": LOOPBACK, "port": str(self.port), "name": database, "user": USER, "password": PASSWORD}
+
+    def _psql(self, sql: str, *, check: bool, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([pg_bin("psql"), "-h", LOOPBACK, "-p", str(self.port), "-U", USER, "-d", "postgres",
+                               "-Atc", sql], env={**os.environ, "PGPASSWORD": PASSWORD}, capture_output=True,
+                              text=True, timeout=timeout, check=check)
+
     def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:
             shutil.chown(path, "postgres", "postgres")
@@ -93,21 +102,13 @@ class PostgresServer(LocalService):
         pwfile.unlink()
 
     def ready(self) -> bool:
-        if not port_open(self.port):
-            return False
-        env = {**os.environ, "PGPASSWORD": PASSWORD}
-        probe = subprocess.run([pg_bin("psql"), "-h", LOOPBACK, "-p", str(self.port), "-U", USER, "-d", "postgres",
-                                "-Atc", "select 1"], env=env, capture_output=True, timeout=10)
-        return probe.returncode == 0
+        return port_open(self.port) and self._psql("select 1", check=False).returncode == 0
 
     def _create_databases(self) -> None:
-        env = {**os.environ, "PGPASSWORD": PASSWORD}
-        psql = [pg_bin("psql"), "-h", LOOPBACK, "-p", str(self.port), "-U", USER, "-d", "postgres", "-Atc"]
-        existing = subprocess.run([*psql, "select datname from pg_database"], env=env, check=True,
-                                  capture_output=True, text=True).stdout.split()
+        existing = self._psql("select datname from pg_database", check=True, timeout=60).stdout.split()
         for db in DATABASES:
             if db not in existing:
-                subprocess.run([*psql, f"create database {db}"], env=env, check=True, capture_output=True)
+                self._psql(f"create database {db}", check=True, timeout=60)
 
     def start(self, timeout: float | None = None) -> PostgresServer:
         if self.is_running:

@@ -24,7 +24,6 @@ from pydantic import BaseModel, Field
 from infra.local.haproxy import HAProxyServer, haproxy_config
 from infra.local.labelstudio import LabelStudioServer
 from infra.local.mlflow_server import MlflowServer
-from infra.local.postgres import USER as PG_USER
 from infra.local.postgres import PostgresServer
 from infra.local.procs import ManagedProcess, ServiceError, free_port, pid_alive, port_open, stop_pid
 from infra.local.seaweed import SeaweedServer, ensure_bucket
@@ -129,7 +128,7 @@ class LocalStack:
         return Topology()
 
     def _save_topology(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "topology.json").write_text(self.topology.model_dump_json())
 
     @property
@@ -161,7 +160,7 @@ class LocalStack:
         return TansuBroker.on_s3(
             self.data_dir / f"kafka-{index}", port=self.topology.broker_ports[index], bucket=self.kafka_bucket,
             s3_endpoint=s.s3_endpoint, s3_access_key=s.s3_access_key, s3_secret_key=s.s3_secret_key,
-            s3_region=s.s3_region, log_dir=self.data_dir / "logs" / f"kafka-{index}",
+            s3_region=s.s3_region, log_dir=self.log_dir / f"kafka-{index}",
             die_with_parent=self.die_with_parent, advertised=s.kafka_bootstrap.split(",")[0],
         )
 
@@ -211,14 +210,9 @@ class LocalStack:
         return LabelStudioServer(
             self.data_dir / "label-studio", port=port, username=s.label_studio_username,
             password=s.label_studio_password, token=s.label_studio_token, log_dir=self.log_dir,
-            die_with_parent=self.die_with_parent, postgres=self._ls_database() if self.topology.clustered else None,
+            die_with_parent=self.die_with_parent,
+            postgres=self._service("postgres").connection("labelstudio") if self.topology.clustered else None,
         )
-
-    def _ls_database(self) -> dict[str, str]:
-        from infra.local.postgres import PASSWORD
-
-        return {"host": "127.0.0.1", "port": str(self.topology.postgres_port), "name": "labelstudio",
-                "user": PG_USER, "password": PASSWORD}
 
     def _service(self, name: str) -> Any:
         if name not in self.services:
