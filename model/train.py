@@ -173,11 +173,31 @@ def _load_model(labels: list[str], base_model: str, init_from: str | Path | None
     return model, tokenizer, base, parent
 
 
+BUCKET_BATCHES = 8
+
+
 def _batches(encoded: list[dict[str, list[int]]], targets: list[int], batch_size: int,
              generator: torch.Generator, tokenizer: Any) -> Iterator[Any]:
+    """Length-bucketed batches: shuffle, sort by length within pools of ``BUCKET_BATCHES`` batches, cut,
+    shuffle the batches.
+
+    Why: a batch is padded to its longest text, and one long text in sixteen pads them all. On 560
+    Reuters texts at max_length 128 (a quarter of them truncated) random batches carried 2,048 tokens
+    a step, pools of 8 batches 1,392 (50 batches: 1,298), and an epoch took 68 s instead of 184 s on a
+    loaded 2-core machine. Small pools keep batches mixed: a label whose texts share a length would
+    otherwise fill whole batches; a last, partial pool stays unsorted for the same reason (on a
+    20-text set sorting made one batch all "politics" and the warm start forgot "sports").
+    """
     order = torch.randperm(len(encoded), generator=generator).tolist()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    pool = batch_size * BUCKET_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        if len(chunk) == pool:
+            chunk.sort(key=lambda i: len(encoded[i]["input_ids"]))
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    for k in torch.randperm(len(batches), generator=generator).tolist():
+        idx = batches[k]
         batch = tokenizer.pad([encoded[i] for i in idx], return_tensors="pt")  # dynamic padding
         batch["labels"] = torch.tensor([targets[i] for i in idx])
         yield batch

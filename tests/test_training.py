@@ -148,6 +148,32 @@ def test_tiny_fine_tune_learns_separable_topics(tiny_train_result, tiny_model_di
         evaluate(tiny_model_dir, [LabeledText(text="x", label="politics")])
 
 
+def test_batches_cover_every_row_once_with_less_padding():
+    """Bucketed batches: each row exactly once per epoch, in random order, padded far less than random batches."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from infra.settings import default_base_model
+    from model.train import _batches
+
+    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    lengths = [3 + (i * 37) % 120 for i in range(400)]  # mixed short and long texts
+    encoded = [{"input_ids": [101] + [2000] * (n - 2) + [102], "attention_mask": [1] * n} for n in lengths]
+    targets = list(range(400))
+    batches = list(_batches(encoded, targets, 16, torch.Generator().manual_seed(0), tokenizer))
+    seen = [int(t) for b in batches for t in b["labels"]]
+    assert sorted(seen) == targets
+    assert seen != sorted(seen)  # not in index or length order
+    padded = sum(b["input_ids"].numel() for b in batches)
+    rng = torch.Generator().manual_seed(0)
+    order = torch.randperm(400, generator=rng).tolist()
+    random_padded = sum(16 * max(lengths[i] for i in order[s:s + 16]) for s in range(0, 400, 16))
+    assert padded < 0.7 * random_padded, (padded, random_padded)
+    other = [int(t) for b in _batches(encoded, targets, 16, torch.Generator().manual_seed(1), tokenizer)
+             for t in b["labels"]]
+    assert other != seen  # each epoch (generator state) mixes differently
+
+
 def test_report_files(tmp_path, tiny_train_result):
     written = write_report(tmp_path, tiny_train_result, label_curve=[(25, 0.5), (50, 0.8), (75, 0.9)])
     names = {p.name for p in written}
