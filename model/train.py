@@ -40,8 +40,12 @@ class TrainSpec(BaseModel):
     ``head_learning_rate`` (pooler + classification head; None: ``learning_rate``) lets the fresh head
     learn fast while the encoder moves gently. Measured on 800 Reuters-R8 texts, 2 epochs: one shared
     5e-5 gives 84 % accuracy / 0.42 macro-F1, head 1e-3 gives 96 % / 0.88. ``init_from`` (a model
-    directory) warm-starts; ``time_budget_s`` stops cleanly; ``num_threads`` sets torch's threads for
-    this process; ``device`` defaults to CUDA when available, else CPU (the saved model loads anywhere).
+    directory) warm-starts; ``time_budget_s`` stops cleanly; ``freeze_word_embeddings`` keeps the
+    vocabulary table (half of MiniLM's 22.7 M weights) as pretrained: its dense gradient, clipping and
+    AdamW update (weight decay drags all 30 k rows, seen or not) made a step 1.9x slower (1.83 s vs
+    0.95 s, 16 Reuters texts, 2 cores), and a few hundred labels cannot teach a vocabulary anyway;
+    ``num_threads`` sets torch's threads for this process; ``device`` defaults to CUDA when available,
+    else CPU (the saved model loads anywhere).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -60,6 +64,7 @@ class TrainSpec(BaseModel):
     seed: int = 0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
+    freeze_word_embeddings: bool = True
     num_threads: int | None = None
     device: str | None = None
 
@@ -246,6 +251,8 @@ def prepare(spec: TrainSpec, rows: list[LabeledText], eval_rows: list[LabeledTex
     model, tokenizer, base, parent = _load_model(spec.labels, spec.base_model, spec.init_from,
                                                  spec.num_hidden_layers)
     dev = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if spec.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     model.to(dev)
     index = {label: i for i, label in enumerate(spec.labels)}
     steps_per_epoch = math.ceil(len(rows) / spec.batch_size)

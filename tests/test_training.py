@@ -174,6 +174,19 @@ def test_batches_cover_every_row_once_with_less_padding():
     assert other != seen  # each epoch (generator state) mixes differently
 
 
+def test_fine_tune_keeps_the_word_embeddings_and_trains_the_rest(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from infra.settings import default_base_model
+
+    base = AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=len(TINY_LABELS))
+    tuned = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir))
+    assert torch.equal(tuned.get_input_embeddings().weight, base.get_input_embeddings().weight)
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(dict(tuned.named_parameters())[layer], dict(base.named_parameters())[layer])
+
+
 def test_report_files(tmp_path, tiny_train_result):
     written = write_report(tmp_path, tiny_train_result, label_curve=[(25, 0.5), (50, 0.8), (75, 0.9)])
     names = {p.name for p in written}
