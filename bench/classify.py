@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import machine  # noqa: E402
+from bench.profile import record_pid, summarize  # noqa: E402
 from infra.local.mlflow_server import MlflowServer  # noqa: E402
 from infra.local.procs import _die_with_parent as die_with_parent  # noqa: E402
 from infra.local.procs import free_port, wait_until  # noqa: E402
@@ -242,14 +243,16 @@ def main() -> None:
             spy = None
             if args.profile:
                 args.profile.mkdir(parents=True, exist_ok=True)
-                py_spy = str(Path(sys.executable).parent / "py-spy")
-                spy = subprocess.Popen([py_spy, "record", "--pid", str(sift.pid), "--threads", "--format", "raw",
-                                        "--output", str(args.profile / f"{variant}.txt"),
-                                        "--duration", str(int(args.duration))])
+                spy = record_pid(sift.pid, args.profile / f"{variant}.raw", args.duration)
             results[f"{variant}_closed"] = run_load(sift_url, key, texts_file, concurrency=args.concurrency,
                                                     duration=args.duration)
             if spy:
                 spy.wait(60)
+                raw = args.profile / f"{variant}.raw"
+                if raw.exists():
+                    raw.with_suffix(".txt").write_text(summarize(raw, header=(
+                        f"# {variant}: py-spy --threads --nonblocking of the API, {args.duration:.0f} s closed loop, "
+                        f"{args.concurrency} clients, routing live")))
             if rate:
                 results[f"{variant}_open"] = run_load(sift_url, key, texts_file, rate=rate,
                                                       duration=args.duration)

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.profile import record_pid, summarize, wrap  # noqa: E402
 from infra.local.procs import _die_with_parent as die_with_parent  # noqa: E402
 from infra.local.procs import free_port, wait_until  # noqa: E402
 from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402
@@ -216,9 +217,12 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def run_feedback_load(url: str, key: str, concurrency: int, duration: float) -> dict:
+def run_feedback_load(url: str, key: str, concurrency: int, duration: float, profile: Path | None = None) -> dict:
+    """One load process; ``profile``: record it with py-spy into that raw file."""
     cmd = [sys.executable, __file__, "--load", url, "--api-key", key, "--concurrency", str(concurrency),
            "--duration", str(duration)]
+    if profile is not None:
+        cmd = wrap(cmd, profile)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -237,7 +241,14 @@ def http_phases(label: str, argv: list[str], settings: Settings, work: Path, arg
     try:
         base = f"http://127.0.0.1:{port}/v1/classifiers/bench-fb"
         for clients in args.concurrency:
-            load = run_feedback_load(base + "/feedback", key, clients, args.duration)
+            spy = profile = None
+            if args.profile and label == "sift" and clients == max(args.concurrency):
+                # what limits the HTTP path: the server and the load generator, both recorded
+                spy = record_pid(server.pid, args.profile / f"feedback-server-{clients}.raw", args.duration)
+                profile = args.profile / f"feedback-loadgen-{clients}.raw"
+            load = run_feedback_load(base + "/feedback", key, clients, args.duration, profile)
+            if spy is not None:
+                spy.wait(60)
             n, _ = count_until(settings, "review-requests", on_topic + load["accepted"], 120)
             # each 202 means the event is on the topic or in the spool (acked or committed before
             # answering), so the rate is accepted / load time; the topic count checks that every
@@ -354,6 +365,9 @@ def main() -> None:
     ap.add_argument("--skip-classify", action="store_true")
     ap.add_argument("--note", default="", help="written into the results file (e.g. what else loaded the machine)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "feedback.json")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="record Sift's server and the load generator with py-spy (at the highest concurrency) "
+                         "into this folder, with summaries")
     ap.add_argument("--load", help=argparse.SUPPRESS)  # internal: run as the load process
     ap.add_argument("--api-key", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -381,6 +395,11 @@ def main() -> None:
         s3.stop()
 
     print(json.dumps(fb, indent=2, default=str), flush=True)  # raw figures first: a failed phase shows here
+    if args.profile:
+        for raw in sorted(args.profile.glob("feedback-*.raw")):
+            if raw.exists() and raw.stat().st_size:
+                header = f"# {raw.name}: py-spy --threads --nonblocking, {args.duration:.0f} s of Sift's group commit"
+                raw.with_suffix(".txt").write_text(summarize(raw, header=header))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from bench.common import machine
 

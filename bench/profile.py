@@ -1,0 +1,71 @@
+"""py-spy recordings for the benchmarks: record a process, and summarise a raw recording.
+
+A benchmark that misses its target says what limits it; this is where the evidence comes from.
+``record`` attaches to a running server (``--pid``) or wraps a command (the load generator);
+``summarize`` turns py-spy's raw format (``frame;frame;... count`` per line, root first) into the
+two tables the README quotes: own time (the leaf frame) and inclusive time (any frame on the stack).
+
+    .venv/bin/python bench/profile.py RAW.txt [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+
+def py_spy() -> str:
+    return str(Path(sys.executable).parent / "py-spy")
+
+
+def record_pid(pid: int, out: Path, duration_s: float) -> subprocess.Popen:
+    """Start recording ``pid`` (all threads) for ``duration_s``; wait on the returned process."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--threads", "--format", "raw", "--output",
+                             str(out), "--duration", str(max(1, int(duration_s))), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wrap(cmd: list[str], out: Path) -> list[str]:
+    """``cmd`` run under py-spy (its stdout is the command's)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return [py_spy(), "record", "--threads", "--format", "raw", "--output", str(out), "--nonblocking", "--", *cmd]
+
+
+def summarize(raw: Path, top: int = 25, header: str = "") -> str:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f for f in stack.split(";") if f and not f.startswith("thread (")]
+        if not frames:
+            continue
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    lines = [header] if header else []
+    lines.append(f"# samples on CPU (all threads; idle ones are not recorded): {total}")
+    for title, counts, k in (("own time", own, min(top, 15)), ("inclusive", inclusive, top)):
+        lines.append(f"## {title} (top {k}): samples share frame")
+        lines += [f"{n:>6} {n / max(total, 1):>6.1%}  {frame}" for frame, n in counts.most_common(k)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("raw", type=Path)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    print(summarize(args.raw, args.top), end="")
+
+
+if __name__ == "__main__":
+    main()
