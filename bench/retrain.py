@@ -203,7 +203,7 @@ def main() -> int:
         rows = [("trigger (labels counted -> job start)", trigger_s)]
         rows += [(p.name, p.seconds) for p in job.phases]
         rows.append(("swap (promoted -> replica answers new version)", swap_s))
-        train_s = sum(p.seconds for p in job.phases if p.name.startswith("train:"))
+        train_s = sum(p.seconds for p in job.phases if p.name == "train" or p.name.startswith("train:"))
         print()
         print(f"N={args.n} reviewed labels, seed {args.seed_rows}, labels {labels}, retrain defaults "
               f"(max_length {policy.max_length}, {policy.epochs} epochs, recall tolerance {policy.recall_tolerance}, "

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=32, ge=1)
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     torch_threads: int = Field(default=0, ge=0)  # 0: leave torch's default
+    # a retrain job trains its candidates side by side, each in a process of its own with
+    # cores/candidates threads (on CPU); off: one after another with all cores
+    retrain_parallel_candidates: bool = True
     # dynamic int8 quantisation of the Linear layers when serving on CPU (~1.8x faster forward)
     quantize: Literal["none", "int8"] = "int8"
     # what the model reads of a text longer than its window (max_length tokens): head, head_tail (first and

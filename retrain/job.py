@@ -8,24 +8,32 @@ A per-classifier lease makes jobs of one classifier run one at a time wherever t
 Candidates: by default one warm-started from the champion (keeps what it knows, cheap to improve)
 and one fresh from the base encoder (escapes a champion that learned something wrong), with the
 champion's depth so the comparison is about data, not size. Each is an MLflow run registered as a
-version with its lineage; the job's time budget is shared between the candidates still to train.
+version with its lineage. On CPU the candidates train side by side, each in a spawned process with
+its share of the cores (``SIFT_RETRAIN_PARALLEL_CANDIDATES``): one thread per candidate uses two
+cores better than two threads per candidate in turn, and a process of its own keeps each training
+deterministic (dropout draws from torch's process-wide generator). In turn, the job's time budget is
+shared between the candidates still to train; side by side, each has all of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from infra.local.procs import die_with_parent
 from infra.objectstore import ObjectStore
 from infra.registry import ChampionMoved, ModelRef, Registry
 from infra.settings import Settings
@@ -40,6 +48,9 @@ from retrain.lock import ClassifierLease, LeaseLost, LockBusy
 from retrain.promote import Publish, bus_publish, promote
 from retrain.triggers import Triggers
 from retrain.validate import ValidationReport, validate
+
+if TYPE_CHECKING:
+    from retrain.tracking import RegisteredModel
 
 log = logging.getLogger(__name__)
 
@@ -312,45 +323,69 @@ class RetrainJob:
 
     def _train_candidates(self, cfg: ClassifierConfig, ds: AssembledDataset, champion: ModelRef | None,
                           champ_dir: str | None, champ_meta: dict | None, work: Path) -> dict[str, str]:
-        from retrain.tracking import train_and_register, train_spec
+        from retrain.tracking import train_spec
 
-        r, policy = self.record, cfg.retrain
+        r = self.record
         specs = self.options.candidates or default_candidates(champ_meta)
         specs = [s for s in specs if s.init == "base" or champ_dir]  # no champion: warm starts are impossible
-        budget = self.options.time_budget_s or policy.time_budget_s
+        budget = self.options.time_budget_s or cfg.retrain.time_budget_s
         deadline = time.monotonic() + budget
-        trained: dict[str, str] = {}
-        for i, spec in enumerate(specs):
-            cand = CandidateResult(name=spec.name, init=spec.init)
-            r.candidates.append(cand)
-            share = max(1.0, (deadline - time.monotonic()) / (len(specs) - i))
+        cores = os.cpu_count() or 1
+        side_by_side = self.settings.retrain_parallel_candidates and len(specs) > 1 and cores > 1 and not _has_gpu()
+
+        def kwargs(spec: CandidateSpec, time_budget_s: float, threads: int | None) -> dict:
             warm = spec.init == "champion"
+            return dict(
+                cfg=cfg, rows=ds.train, eval_rows=ds.eval, make_champion_if_none=False,
+                spec=train_spec(cfg, epochs=spec.epochs, learning_rate=spec.learning_rate,
+                                batch_size=spec.batch_size, max_length=spec.max_length,
+                                num_hidden_layers=None if warm else spec.num_hidden_layers,
+                                init_from=champ_dir if warm else None, time_budget_s=time_budget_s,
+                                seed=spec.seed, num_threads=threads),
+                run_name=f"retrain-{r.job_id}-{spec.name}", work_dir=work / spec.name,
+                parent_version=champion.version if warm and champion else None,
+                extra_tags={"sift.job_id": r.job_id, "sift.candidate": spec.name, "sift.trigger": r.trigger,
+                            "sift.dataset_version": ds.version.version_id,
+                            "sift.champion_at_training": champion.version if champion else "none"},
+                progress=False,
+            )
+
+        trained: dict[str, str] = {}
+        if side_by_side:
+            threads = max(1, cores // len(specs))
+            context = multiprocessing.get_context("spawn")  # no torch/OpenMP state inherited from this process
+            with self.phase("train"), ProcessPoolExecutor(len(specs), mp_context=context,
+                                                          initializer=die_with_parent) as pool:
+                futures: list[tuple[CandidateSpec, Future]] = [
+                    (spec, pool.submit(train_candidate, self.settings, kwargs(spec, budget, threads)))
+                    for spec in specs]
+                for spec, future in futures:
+                    self._collect(spec, future.result, ds, trained)
+            return trained
+        for i, spec in enumerate(specs):
+            share = max(1.0, (deadline - time.monotonic()) / (len(specs) - i))
             with self.phase(f"train:{spec.name}"):
-                try:
-                    reg = train_and_register(
-                        cfg, ds.train, registry=self.registry, eval_rows=ds.eval, make_champion_if_none=False,
-                        spec=train_spec(cfg, epochs=spec.epochs, learning_rate=spec.learning_rate,
-                                        batch_size=spec.batch_size, max_length=spec.max_length,
-                                        num_hidden_layers=None if warm else spec.num_hidden_layers,
-                                        init_from=champ_dir if warm else None, time_budget_s=share,
-                                        seed=spec.seed),
-                        run_name=f"retrain-{r.job_id}-{spec.name}", work_dir=work / spec.name,
-                        parent_version=champion.version if warm and champion else None,
-                        extra_tags={"sift.job_id": r.job_id, "sift.candidate": spec.name, "sift.trigger": r.trigger,
-                                    "sift.dataset_version": ds.version.version_id,
-                                    "sift.champion_at_training": champion.version if champion else "none"},
-                        progress=False,
-                    )
-                except Exception as exc:
-                    log.exception("candidate %s of job %s failed", spec.name, r.job_id)
-                    cand.error = f"{type(exc).__name__}: {exc}"
-                    continue
-            cand.version, cand.run_id, cand.train_seconds = reg.version, reg.run_id, reg.seconds
-            cand.stopped_by_time_budget = reg.stopped_by_time_budget
-            self._link_dataset(cand, ds)
-            assert reg.model_dir is not None
-            trained[spec.name] = reg.model_dir
+                args = kwargs(spec, share, None)
+                self._collect(spec, lambda args=args: train_candidate(self.settings, args, self.registry), ds,
+                              trained)
         return trained
+
+    def _collect(self, spec: CandidateSpec, result: Callable[[], RegisteredModel], ds: AssembledDataset,
+                 trained: dict[str, str]) -> None:
+        """Record one candidate's training (or why it failed) in the job."""
+        cand = CandidateResult(name=spec.name, init=spec.init)
+        self.record.candidates.append(cand)
+        try:
+            reg = result()
+        except Exception as exc:  # a failed (or killed) candidate leaves the others to compete
+            log.exception("candidate %s of job %s failed", spec.name, self.record.job_id)
+            cand.error = f"{type(exc).__name__}: {exc}"
+            return
+        cand.version, cand.run_id, cand.train_seconds = reg.version, reg.run_id, reg.seconds
+        cand.stopped_by_time_budget = reg.stopped_by_time_budget
+        self._link_dataset(cand, ds)
+        assert reg.model_dir is not None
+        trained[spec.name] = reg.model_dir
 
     def _link_dataset(self, cand: CandidateResult, ds: AssembledDataset) -> None:
         """The dataset version record goes into the run and onto the version: lineage in both places."""
@@ -370,6 +405,19 @@ class RetrainJob:
         self.registry.log_metrics(cand.run_id, metrics)
         self.registry.log_dict(cand.run_id, verdict.model_dump(mode="json"), "report/verdict.json")
         self.registry.set_run_tag(cand.run_id, "sift.blessed", str(verdict.blessed).lower())
+
+
+def train_candidate(settings: Settings, kwargs: dict, registry: Registry | None = None) -> RegisteredModel:
+    """Train and register one candidate; module level so a spawned process can run it."""
+    from retrain.tracking import train_and_register
+
+    return train_and_register(registry=registry or Registry(settings), **kwargs)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_retrain_job(settings: Settings, classifier: str, options: JobOptions | None = None, *,

@@ -60,13 +60,16 @@ def require_free_port(port: int, name: str, wait: float = 10.0) -> None:
         raise ServiceError(f"{name}: port {port} on {LOOPBACK} is already in use")
 
 
-def _die_with_parent() -> None:
-    """preexec hook: SIGKILL the child when the parent dies (Linux), so a crashed test session
-    leaves no servers behind."""
+def die_with_parent() -> None:
+    """preexec/initializer hook: SIGKILL the child when the parent dies (Linux), so a crashed test
+    session leaves no servers behind and a killed retrain worker no candidate still training."""
     import ctypes
 
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+_die_with_parent = die_with_parent
 
 
 def pid_alive(pid: int) -> bool:
