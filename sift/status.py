@@ -27,7 +27,8 @@ class ClassifierStatus(BaseModel):
     backlog: int | None = None
     pending_tasks: int | None = None
     reviewed: int | None = None
-    last_retrain: str | None = None
+    last_retrain: str | None = None  # the last job's status
+    last_retrain_reason: str | None = None  # and why, whole: a verdict's interval is the point of it
     drift: str | None = None
     errors: list[str] = []
 
@@ -99,7 +100,7 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
         jobs = _try(row.errors, "retrain", lambda c=cfg: list_jobs(store, c.name, limit=1)) or []
         if jobs:
             job = jobs[0]
-            row.last_retrain = f"{job.status}: {job.reason}"[:160] if job.reason else job.status
+            row.last_retrain, row.last_retrain_reason = job.status, job.reason or None
         report = _try(row.errors, "drift", lambda c=cfg: drift.check(c.name, alert=False)) if row.champion else None
         if report is not None:
             row.drift = (f"label PSI {report.label_psi:.3f}, confidence PSI {report.confidence_psi:.3f}"
@@ -135,6 +136,8 @@ def render(status: PipelineStatus) -> str:
         thresh = "budget" if c.threshold is None else f"{c.threshold:.2f}"
         lines.append(f"  {c.name:<16} {cell(c.champion):>8} {thresh:>6} {cell(c.backlog):>7} "
                      f"{cell(c.pending_tasks):>7} {cell(c.reviewed):>8}  {cell(c.last_retrain)}")
+        if c.last_retrain_reason:
+            lines.append(f"      last retrain: {c.last_retrain_reason}")
         if c.drift:
             lines.append(f"      drift: {c.drift}")
         lines += [f"      ! {e}" for e in c.errors]

@@ -58,3 +58,17 @@ def test_status_shows_lag_spool_and_each_classifier(sift_settings, mlflow_server
     drained.close()
     result = CliRunner().invoke(app, ["status", "--json"])
     assert json.loads(result.stdout)["spool_events"] == 0
+
+
+def test_the_page_keeps_a_verdicts_whole_reason() -> None:
+    """The table shows the job's status; the reason, with the gate's interval, follows whole on its own line."""
+    from sift.status import ClassifierStatus, PipelineStatus, render
+
+    reason = ("v2 (warm) not promoted: macro-F1 gain +0.1230 (0.9060 vs champion 0.7830, 95% interval "
+              "[-0.0349, +0.3058]): the candidate may be more than 0.0200 worse")
+    page = render(PipelineStatus(processes={}, lag={}, spool_events=0, spool_oldest_age_s=None, classifiers=[
+        ClassifierStatus(name="news", threshold=0.7, champion="1", last_retrain="not_promoted",
+                         last_retrain_reason=reason)]))
+    row = next(line for line in page.splitlines() if line.strip().startswith("news"))
+    assert row.rstrip().endswith("not_promoted")
+    assert f"      last retrain: {reason}" in page.splitlines()
