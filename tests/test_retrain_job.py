@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,20 @@ def test_the_job_record_is_stored_with_its_phases(promoted: PromotedJob) -> None
     assert load_job(promoted.store, promoted.classifier, record.job_id).status == "promoted"
     phases = [p.name for p in record.phases]
     assert phases[:3] == ["assemble", "validate", "load_champion"] and phases[-1] == "promote"
+
+
+def test_the_candidates_trained_side_by_side(promoted: PromotedJob) -> None:
+    """SIFT_RETRAIN_PARALLEL_CANDIDATES (default): with 2+ cores one `train` phase, and the candidates'
+    MLflow runs overlap; on one core they train in turn."""
+    record, registry = promoted.record, promoted.registry
+    assert all(c.train_seconds and c.version for c in record.candidates) and len(record.candidates) == 2
+    a, b = (registry.run(c.run_id).info for c in record.candidates)
+    phases = [p.name for p in record.phases]
+    if (os.cpu_count() or 1) > 1:
+        assert "train" in phases and a.start_time < b.end_time and b.start_time < a.end_time, (phases, a, b)
+    else:
+        assert {"train:warm", "train:fresh"} <= set(phases)
+        assert a.end_time <= b.start_time or b.end_time <= a.start_time
 
 
 def test_the_operator_sees_the_job_in_models_list_and_report(promoted: PromotedJob, tmp_path: Path) -> None:
