@@ -21,3 +21,10 @@ def torch_info() -> dict[str, str | int]:
     import torch
 
     return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def has_accelerator() -> bool:
+    """True when training would run on CUDA (``TrainSpec.device`` defaults to it)."""
+    import torch
+
+    return torch.cuda.is_available()

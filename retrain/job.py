@@ -38,6 +38,7 @@ from infra.objectstore import ObjectStore
 from infra.registry import ChampionMoved, ModelRef, Registry
 from infra.settings import Settings
 from infra.tenants import ClassifierConfig, TenantStore
+from model import has_accelerator
 from model.evaluate import EvalReport, evaluate
 from model.format import read_meta
 from retrain import paths
@@ -331,7 +332,8 @@ class RetrainJob:
         budget = self.options.time_budget_s or cfg.retrain.time_budget_s
         deadline = time.monotonic() + budget
         cores = os.cpu_count() or 1
-        side_by_side = self.settings.retrain_parallel_candidates and len(specs) > 1 and cores > 1 and not _has_gpu()
+        side_by_side = (self.settings.retrain_parallel_candidates and len(specs) > 1 and cores > 1
+                        and not has_accelerator())
 
         def kwargs(spec: CandidateSpec, time_budget_s: float, threads: int | None) -> dict:
             warm = spec.init == "champion"
@@ -412,12 +414,6 @@ def train_candidate(settings: Settings, kwargs: dict, registry: Registry | None 
     from retrain.tracking import train_and_register
 
     return train_and_register(registry=registry or Registry(settings), **kwargs)
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def run_retrain_job(settings: Settings, classifier: str, options: JobOptions | None = None, *,
