@@ -193,8 +193,15 @@ def run_consumer(
     max_backoff_s: float = 5.0,
     poll_timeout_ms: int = 500,
     attempts: dict[tuple[TopicPartition, int], int] | None = None,
+    until: threading.Event | None = None,
 ) -> None:
     """Consume until ``stop`` is set: parse, handle, then commit that record's offset alone.
+
+    ``until`` ends a round at the next poll boundary, every record already polled handled: the
+    consumer's position stays exactly after them, so the next round continues with what the
+    consumer has fetched. (Ending rounds mid-batch and rewinding to the committed offsets threw
+    the fetched records away each round; with a backlog on the partition fetched first, the others
+    were never reached: the review worker starved a partition for as long as traffic flowed.)
 
     - unparsable record, or handler raises PermanentError → dead-letter, commit, carry on;
     - TransientError / broker or network errors → seek back to the record, back off, retry it
@@ -257,7 +264,7 @@ def run_consumer(
             dead_letter(record, f"failed {n} times: {type(exc).__name__}: {exc}")
             return True
 
-    while not stop.is_set():
+    while not stop.is_set() and not (until is not None and until.is_set()):
         try:
             batches = consumer.poll(timeout_ms=poll_timeout_ms)
             export_lag(consumer)

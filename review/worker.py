@@ -1,7 +1,8 @@
 """`sift worker review`: the Kafka consumer group that turns review-requests into Label Studio tasks.
 
 Each record goes through ``ReviewQueue.submit`` (durable in the object store before it returns),
-then its offset alone is committed by ``infra.bus.run_consumer``. Between poll rounds the worker
+then its offset alone is committed by ``infra.bus.run_consumer``. Between poll rounds (a round ends
+at a poll boundary after ``tick_s``) the worker
 refills the window of every classifier whose partition it owns, so tasks keep flowing to
 reviewers when no new requests arrive, and only one replica ever writes a classifier's queue.
 """
@@ -28,21 +29,12 @@ log = logging.getLogger(__name__)
 
 GROUP_ID = "review"  # short: the group is Bus.group(GROUP_ID), "sift.review" by default
 TICK_S = 5.0
+POLL_RECORDS = 20
 
 
 def partition_of(classifier: str, partitions: int) -> int:
     """The partition kafka-python's default partitioner picks for key = classifier."""
     return (murmur2(classifier.encode()) & 0x7FFFFFFF) % partitions
-
-
-def _rewind_to_committed(consumer: KafkaConsumer) -> None:
-    """After run_consumer returns mid-batch, fetched-but-unprocessed records must be read again."""
-    for tp in consumer.assignment():
-        committed = consumer.committed(tp)
-        if committed is None:
-            consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, committed)
 
 
 def _owned_classifiers(consumer: KafkaConsumer, topic: str, tenants: TenantStore) -> list:
@@ -78,7 +70,8 @@ def run_review_worker(settings: Settings, stop: threading.Event, *, tick_s: floa
     store.ensure_bucket()
     tenants = TenantStore(store)
     queue = ReviewQueue(settings, store, tenants, ReviewProjects.from_settings(settings))
-    consumer = bus.consumer(GROUP_ID, [TOPIC_REVIEW_REQUESTS])
+    # small polls: a round ends at a poll boundary, so a tick waits at most for this many submits
+    consumer = bus.consumer(GROUP_ID, [TOPIC_REVIEW_REQUESTS], max_poll_records=POLL_RECORDS)
     dead_letters = bus.producer()
     handler = make_handler(queue)
     topic = bus.topic(TOPIC_REVIEW_REQUESTS)
@@ -92,14 +85,12 @@ def run_review_worker(settings: Settings, stop: threading.Event, *, tick_s: floa
             round_stop = threading.Event()
             timer = threading.Thread(target=lambda ev=round_stop: (stop.wait(tick_s), ev.set()), daemon=True)
             timer.start()
-            bus.run_consumer(consumer, handler, stop=round_stop, dead_letter_producer=dead_letters,
+            # the round ends at a poll boundary (nothing polled is left unhandled), so the next one
+            # continues where this one stopped: no rewind, no fetched records thrown away
+            bus.run_consumer(consumer, handler, stop=stop, until=round_stop, dead_letter_producer=dead_letters,
                              attempts=attempts)
             if stop.is_set():
                 break
-            try:
-                _rewind_to_committed(consumer)
-            except Exception:
-                log.warning("could not rewind to committed offsets", exc_info=True)
             now_owned = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
             if now_owned != owned_partitions:  # the group moved partitions: evidence of who does what
                 log.info("review worker owns partitions %s of %s", now_owned, topic)

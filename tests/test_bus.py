@@ -209,3 +209,57 @@ def test_topics_get_the_configured_partitions_and_fewer_are_reported(sift_settin
 
     wider = Bus(settings.model_copy(update={"kafka_partitions": 5}))
     assert wider.ensure_topics(shorts=["review-requests"]) == {"review-requests": 3}
+
+
+def test_rounds_end_at_poll_boundaries_and_starve_no_partition(bus: Bus) -> None:
+    """The review worker's loop: short rounds (``until``) over a slow handler, while one partition has
+    a backlog that keeps growing. Every record of the quiet partition is still handled, and no record
+    twice (a round never leaves a polled record behind, so nothing is rewound and fetched again)."""
+    from review.worker import partition_of
+
+    partitions = bus.settings.kafka_partitions
+    busy = "busy-tenant"
+    quiet = next(f"quiet-{i}" for i in range(100)
+                 if partition_of(f"quiet-{i}", partitions) != partition_of(busy, partitions))
+    producer = bus.producer()
+    for i in range(300):
+        producer.send(bus.topic("review-requests"), _request(i, busy).to_bytes(), key=busy.encode())
+    for i in range(5):
+        producer.send(bus.topic("review-requests"), _request(1000 + i, quiet).to_bytes(), key=quiet.encode())
+    producer.flush(15)
+    stop = threading.Event()
+
+    def keep_busy() -> None:  # the busy classifier's traffic never lets up
+        i = 2000
+        while not stop.wait(0.2):
+            for _ in range(20):
+                producer.send(bus.topic("review-requests"), _request(i, busy).to_bytes(), key=busy.encode())
+                i += 1
+
+    feeder = threading.Thread(target=keep_busy, daemon=True)
+    feeder.start()
+    handled: list[str] = []
+
+    def handler(short: str, event: Event) -> None:
+        assert isinstance(event, ReviewRequest)
+        handled.append(event.event_id)
+        if event.classifier == busy:
+            stop.wait(0.02)  # a Label Studio round trip
+
+    consumer = bus.consumer("g-rounds", ["review-requests"], max_poll_records=20)
+    dead_letters = bus.producer()
+    deadline = threading.Event()
+    threading.Timer(90, deadline.set).start()
+    try:
+        while not deadline.is_set() and not all(f"ev-{1000 + i}" in handled for i in range(5)):
+            round_stop = threading.Event()
+            threading.Timer(0.3, round_stop.set).start()
+            bus.run_consumer(consumer, handler, stop=stop, until=round_stop, dead_letter_producer=dead_letters)
+    finally:
+        stop.set()
+        feeder.join(5)
+        consumer.close()
+        dead_letters.close()
+        producer.close()
+    assert all(f"ev-{1000 + i}" in handled for i in range(5)), f"quiet partition starved: {len(handled)} handled"
+    assert len(handled) == len(set(handled)), "a record was handled twice"
