@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import machine  # noqa: E402
-from bench.profile import record_pid, summarize  # noqa: E402
+from bench.pyspy import record_pid, summarize  # noqa: E402
 from infra.local.mlflow_server import MlflowServer  # noqa: E402
 from infra.local.procs import _die_with_parent as die_with_parent  # noqa: E402
 from infra.local.procs import free_port, wait_until  # noqa: E402

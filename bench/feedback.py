@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.profile import record_pid, summarize, wrap  # noqa: E402
+from bench.pyspy import record_pid, summarize, wrap  # noqa: E402
 from infra.local.procs import _die_with_parent as die_with_parent  # noqa: E402
 from infra.local.procs import free_port, wait_until  # noqa: E402
 from infra.local.seaweed import SeaweedServer, ensure_bucket  # noqa: E402

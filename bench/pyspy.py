@@ -5,7 +5,7 @@ A benchmark that misses its target says what limits it; this is where the eviden
 ``summarize`` turns py-spy's raw format (``frame;frame;... count`` per line, root first) into the
 two tables the README quotes: own time (the leaf frame) and inclusive time (any frame on the stack).
 
-    .venv/bin/python bench/profile.py RAW.txt [--top 25]
+    .venv/bin/python bench/pyspy.py RAW.txt [--top 25]
 """
 
 from __future__ import annotations
