@@ -1,25 +1,30 @@
-"""Part B of ``sift demo``: one pass of the whole loop through the running product, nothing mocked.
+"""Part B of ``sift demo``: uncertainty vs random routing through the running product, nothing mocked.
 
-The local stack (SeaweedFS S3, Tansu Kafka, MLflow, Label Studio) runs from a demo data folder on
-its own loopback ports; the API (``sift.app:create_app`` under uvicorn) and the review, reconcile
-and retrain workers run as the same processes ``sift up`` starts. This module only drives them
-from outside, the way an app and a human would:
+The local stack (SeaweedFS S3, Tansu Kafka, MLflow, Label Studio) runs once from a demo data folder
+on its own loopback ports; the API (``sift.app:create_app`` under uvicorn) and the review, reconcile
+and retrain workers (several retrain workers, so jobs of different classifiers overlap) run as the
+same processes ``sift up`` starts. Each (arm, seed) is its own classifier on that stack, so the arms
+run side by side as tenants. The *uncertainty* arm routes by confidence (threshold); the *random*
+arm routes nothing by confidence and sends an audit sample (``review_sample_rate``) instead, whose
+window order is a random draw. This module only drives them from outside, as an app and a human would:
 
-1. onboard a demo classifier, train and register its seed model (the ``sift train`` path, with
-   the seed stored in S3 so every retrain rebuilds on it);
-2. per round, stream a slice of unseen pool texts to ``POST /classify``; the API routes the
-   low-confidence ones to Kafka, the review worker turns them into Label Studio tasks (window of
-   open tasks refilled by smallest top-2 margin first);
-3. a simulated reviewer answers those tasks with the corpus' true label through the Label Studio
-   API (``annotations.create``), exactly like a person clicking Submit;
+1. onboard the classifiers (review project included), train one seed model per seed and register
+   it for each arm of that seed (the ``sift train`` path, seed rows stored in S3 so every retrain
+   rebuilds on them);
+2. per round, stream unseen pool texts (the seed's traffic, the same for both arms) to
+   ``POST /classify`` until a round's labels wait in review; the API routes them to Kafka, the
+   review worker turns them into Label Studio tasks (a window of open tasks, most urgent first);
+3. a simulated reviewer answers ``labels_per_round`` tasks with the corpus' true label through the
+   Label Studio API (``annotations.create``), exactly like a person clicking Submit;
 4. the collector (webhook in the API, reconciliation worker as a safety net) writes reviewed
-   labels; the retrain worker counts them, runs a job when the policy's ``min_new_labels`` is
-   reached (assemble, validate, warm + fresh candidates, bless, promote, model-event);
+   labels; a retrain worker counts them and runs a job at ``min_new_labels`` (assemble, validate,
+   warm + fresh candidates, the bootstrap gate, promote, model-event); its verdict is recorded;
 5. the API swaps models (checked by what ``/classify`` answers), and the served version is scored on
    the held-out test set with the product's ``evaluate`` (see ``score_version`` for why not via the API).
 
-It imports only ``infra``, ``model`` and ``retrain`` (the seed model, scoring, job records); it
-talks to the classifier, review and collector through HTTP, Kafka and Label Studio.
+It imports only ``infra``, ``model``, ``retrain`` (the seed model, scoring, job records) and
+``sift.onboarding`` (onboarding, as ``sift classifiers create``); it talks to the classifier, review
+and collector through HTTP, Kafka and Label Studio.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class LoopConfig(BaseModel):
     corpus: str = "reuters-r8"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
-    seed_labels: int = 200
+    seed_labels: int = 150
     min_per_label: int = 8
     rounds: int = 4
     labels_per_round: int = 40
@@ -67,7 +72,7 @@ class LoopConfig(BaseModel):
     num_hidden_layers: int = 2
     max_length: int = 64
     seed_epochs: float = 8
-    epochs: int = 4
+    epochs: int = 3
     learning_rate: float = 5e-4
     job_time_budget_s: float = 240.0
     retrain_workers: int = Field(default=2, description="jobs of different classifiers overlap")
@@ -386,8 +391,9 @@ def _run_arm(cfg: LoopConfig, a: _Arm, settings: Settings, truth: dict[str, str]
             t1 = time.monotonic()
 
             def finished_job(before: set[str] = jobs_before) -> Any:
-                return next((j for j in list_jobs(store, a.name, limit=100) if j.job_id not in before and j.done),
-                            None)
+                # "busy": a second retrain worker found the lease taken; the job that holds it reports
+                return next((j for j in list_jobs(store, a.name, limit=100)
+                             if j.job_id not in before and j.done and j.status != "busy"), None)
 
             job = _wait(finished_job, cfg.round_timeout_s, f"{a.name}: the retrain job", interval=2.0)
             job_s = time.monotonic() - t1
@@ -435,6 +441,7 @@ def run_loop(cfg: LoopConfig, pool: list[LabeledText], test: list[LabeledText], 
     from retrain.assemble import split_for_training
     from retrain.seed import store_seed
     from retrain.tracking import train_and_register, train_spec
+    from sift.onboarding import create_classifier  # what `sift classifiers create` does: the review project too
 
     unknown = set(cfg.arms) - set(ARMS)
     if unknown or not cfg.arms or not cfg.seeds:
@@ -468,7 +475,7 @@ def run_loop(cfg: LoopConfig, pool: list[LabeledText], test: list[LabeledText], 
             trained = None
             for arm in cfg.arms:
                 uncertain = arm == "uncertainty"
-                ccfg, key = tenants.create(ClassifierConfig(
+                ccfg, key, _ = create_classifier(settings, tenants, ClassifierConfig(
                     name=f"{prefix}-{arm[:3]}-s{seed}", labels=labels, review_window=cfg.review_window,
                     threshold=cfg.threshold if uncertain else RANDOM_ARM_THRESHOLD,
                     review_sample_rate=0.0 if uncertain else cfg.sample_rate, retrain=policy,

@@ -234,7 +234,7 @@ def markdown(exp: ExperimentResult, loop: LoopResult | None, plot_dir: str, wall
               f"load average {loop.load_before[0]:.1f} at its start, {loop.load_after[0]:.1f} at its end"
               if loop else "")
     parts = [
-        "## `sift demo`: does routing by uncertainty beat random labelling?",
+        "## The loop learns (`sift demo`): does routing by uncertainty beat random labelling?",
         "",
         f"![accuracy vs labels]({plot_dir}accuracy.png)",
         "",
