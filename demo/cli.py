@@ -38,6 +38,8 @@ def demo(
     loop_seeds: int = typer.Option(3, help="seeds of the product loop: each runs an uncertainty and a random arm"),
     loop_rounds: int = typer.Option(4, help="review + retrain rounds through the product"),
     loop_labels: int = typer.Option(40, help="reviewed labels per product round (= the retrain trigger)"),
+    loop_seed_labels: int = typer.Option(150, help="random seed labels of the product loop's seed models"),
+    loop_epochs: int = typer.Option(3, help="epochs of each retrain candidate in the product loop"),
     loop_pool: int = typer.Option(2000, help="pool texts the product loop streams from (seed labels + traffic)"),
     loop_sample_rate: float = typer.Option(0.2, help="the random arm's review_sample_rate"),
     retrain_workers: int = typer.Option(2, help="retrain workers of the product loop"),
@@ -67,7 +69,8 @@ def demo(
         lpool, _ = split_corpus(load_corpus(cfg.corpus, "train"), load_corpus(cfg.corpus, "test"), loop_pool,
                                 cfg.test_size)
         lcfg = LoopConfig(data_dir=data_dir, port_base=port_base, seeds=list(range(loop_seeds)), rounds=loop_rounds,
-                          labels_per_round=loop_labels, sample_rate=loop_sample_rate, retrain_workers=retrain_workers,
+                          labels_per_round=loop_labels, sample_rate=loop_sample_rate,
+                          seed_labels=loop_seed_labels, epochs=loop_epochs, retrain_workers=retrain_workers,
                           keep_stack=keep_stack, num_hidden_layers=layers, max_length=max_length, test_size=test,
                           pool_size=loop_pool)
         loop = run_loop(lcfg, lpool, test_rows, say=typer.echo)

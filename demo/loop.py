@@ -223,9 +223,14 @@ class SimulatedReviewer:
         if label is None:  # not a corpus text: skip it, as a person would, so it leaves the window
             self.client.annotations.create(id=int(task["id"]), result=[], was_cancelled=True)
             return None
-        self.client.annotations.create(id=int(task["id"]), result=[{
-            "from_name": self.from_name, "to_name": self.to_name, "type": "choices",
-            "value": {"choices": [label]}}])
+        try:
+            self.client.annotations.create(id=int(task["id"]), result=[{
+                "from_name": self.from_name, "to_name": self.to_name, "type": "choices",
+                "value": {"choices": [label]}}])
+        except Exception as exc:
+            if getattr(exc, "status_code", None) == 404:  # displaced by a more urgent request meanwhile:
+                return None  # gone from the window, as a person's open task can be; its text comes back later
+            raise
         return label
 
     def review(self, n: int, timeout_s: float) -> list[tuple[str, float]]:
