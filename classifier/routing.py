@@ -18,12 +18,17 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
-from infra.events import ReviewRequest, stable_id
+from infra.events import ReviewRequest, ReviewSource, stable_id
 from infra.objectstore import ObjectStore
 from infra.routing_stats import RoutingSnapshot, read_snapshots, write_snapshot
 from infra.tenants import DEFAULT_THRESHOLD, ClassifierConfig
 
 log = logging.getLogger(__name__)
+
+
+def uniform(*parts: str) -> float:
+    """A uniform draw in [0, 1) fixed by ``parts``: a replayed prediction draws the same again."""
+    return int(stable_id(*parts)[:15], 16) / 16**15
 
 
 def review_request_for(
@@ -36,27 +41,35 @@ def review_request_for(
     prediction_id: str,
     threshold: float | None = None,
 ) -> ReviewRequest | None:
-    """A ``low_confidence`` review request when ``confidence < threshold``, else None.
+    """The review request of one served text, or None.
 
-    ``threshold``: the one in force (``BudgetRouter.threshold``); default the config's fixed one.
+    ``audit_sample`` with probability ``cfg.review_sample_rate`` whatever the confidence (an
+    unbiased sample of the traffic, so it includes doubtful texts too); else ``low_confidence``
+    when ``confidence < threshold``. ``threshold``: the one in force (``BudgetRouter.threshold``);
+    default the config's fixed one. An audit sample carries a uniform ``audit_rank`` that orders it
+    in the review window instead of its margin: ordered by margin, the window would hand reviewers
+    the sample's doubtful texts first, which is uncertainty sampling again.
 
-    The event id is derived from the prediction id, so a retried publish (spool redelivery, a
-    replayed request with the same prediction) is deduped by the review worker.
+    Event id and draws derive from the prediction id, so a retried publish (spool redelivery, a
+    replayed request with the same prediction) routes the same way and is deduped by the review worker.
     """
     if threshold is None:
         threshold = cfg.threshold if cfg.threshold is not None else DEFAULT_THRESHOLD
-    if confidence >= threshold:
+    audit = cfg.review_sample_rate > 0 and uniform("audit", cfg.name, prediction_id) < cfg.review_sample_rate
+    if not audit and confidence >= threshold:
         return None
+    source: ReviewSource = "audit_sample" if audit else "low_confidence"
     return ReviewRequest(
-        event_id=stable_id("low_confidence", cfg.name, prediction_id),
+        event_id=stable_id(source, cfg.name, prediction_id),
         classifier=cfg.name,
         text=text,
         predicted_label=label,
         confidence=confidence,
         scores=dict(scores),
         model_version=model_version,
-        source="low_confidence",
+        source=source,
         prediction_id=prediction_id,
+        audit_rank=uniform("audit-rank", cfg.name, prediction_id) if audit else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -34,8 +35,14 @@ def demo(
     test: int = typer.Option(600, help="held-out test texts"),
     layers: int = typer.Option(2, help="encoder layers kept (speed on CPU)"),
     max_length: int = typer.Option(64),
-    loop_rounds: int = typer.Option(2, help="review + retrain rounds through the product"),
-    loop_labels: int = typer.Option(50, help="reviewed labels per product round (= the retrain trigger)"),
+    loop_seeds: int = typer.Option(3, help="seeds of the product loop: each runs an uncertainty and a random arm"),
+    loop_rounds: int = typer.Option(4, help="review + retrain rounds through the product"),
+    loop_labels: int = typer.Option(40, help="reviewed labels per product round (= the retrain trigger)"),
+    loop_seed_labels: int = typer.Option(150, help="random seed labels of the product loop's seed models"),
+    loop_epochs: int = typer.Option(3, help="epochs of each retrain candidate in the product loop"),
+    loop_pool: int = typer.Option(2000, help="pool texts the product loop streams from (seed labels + traffic)"),
+    loop_sample_rate: float = typer.Option(0.2, help="the random arm's review_sample_rate"),
+    retrain_workers: int = typer.Option(2, help="retrain workers of the product loop"),
     keep_stack: bool = typer.Option(False, help="leave the demo stack running afterwards"),
     data_dir: Path = typer.Option(Path(".stack/demo"), help="the demo stack's data folder"),
     port_base: int = typer.Option(26000, help="demo ports: base+333 S3, +92 Kafka, +500 MLflow, +80 LS, +800 API"),
@@ -44,9 +51,9 @@ def demo(
     """Prove the loop learns: uncertainty vs random labels (several seeds), then the loop through the product."""
     _quiet()
     from demo.corpora import load_corpus
-    from demo.experiment import ExperimentConfig, run_experiment, split_corpus
+    from demo.experiment import ExperimentConfig, ExperimentResult, run_experiment, split_corpus
     from demo.loop import LoopConfig, run_loop
-    from demo.report import loop_table, reading, table, write_results
+    from demo.report import loop_reading, loop_table, reading, table, verdict_table, write_results
 
     if part not in ("all", "experiment", "loop"):
         raise typer.BadParameter("part must be all, experiment or loop")
@@ -58,23 +65,36 @@ def demo(
     exp = loop = None
     # the product loop first: it is the part that can fail on the environment, so fail fast
     if part in ("all", "loop"):
-        typer.secho("[B] the loop through the product", bold=True)
-        lcfg = LoopConfig(data_dir=data_dir, port_base=port_base, rounds=loop_rounds, labels_per_round=loop_labels,
-                          keep_stack=keep_stack, num_hidden_layers=layers, max_length=max_length,
-                          test_size=test, pool_size=pool)
-        loop = run_loop(lcfg, pool_rows, test_rows, say=typer.echo)
+        typer.secho(f"[B] the loop through the product: {loop_seeds} seeds × {{uncertainty, random}}", bold=True)
+        lpool, _ = split_corpus(load_corpus(cfg.corpus, "train"), load_corpus(cfg.corpus, "test"), loop_pool,
+                                cfg.test_size)
+        lcfg = LoopConfig(data_dir=data_dir, port_base=port_base, seeds=list(range(loop_seeds)), rounds=loop_rounds,
+                          labels_per_round=loop_labels, sample_rate=loop_sample_rate,
+                          seed_labels=loop_seed_labels, epochs=loop_epochs, retrain_workers=retrain_workers,
+                          keep_stack=keep_stack, num_hidden_layers=layers, max_length=max_length, test_size=test,
+                          pool_size=loop_pool)
+        loop = run_loop(lcfg, lpool, test_rows, say=typer.echo)
         typer.echo(loop_table(loop))
+        typer.echo(verdict_table(loop))
+        typer.echo(loop_reading(loop))
     if part in ("all", "experiment"):
         typer.secho(f"[A] active learning on {cfg.corpus}: {seeds} seeds × {{uncertainty, random}}, "
                     f"{initial} + {rounds}×{batch} labels", bold=True)
         exp = run_experiment(cfg, pool=pool_rows, test=test_rows)
         typer.echo(table(exp))
+    elif (out / "results.json").exists():  # part B alone: written next to the experiment already there
+        data = json.loads((out / "results.json").read_text())
+        exp = ExperimentResult.model_validate(data["experiment"])
+        if exp.test_size != test:
+            raise typer.BadParameter(f"{out}/results.json's experiment used {exp.test_size} test texts, not {test}")
     wall = time.monotonic() - started
     if exp is not None:
+        if part == "loop":
+            wall += exp.seconds  # the parts' sum: the experiment's time is the one in results.json
         paths = write_results(out, exp, loop, wall)
         typer.echo("")
-        typer.echo(reading(exp, loop))
-        typer.secho(f"\nwall time {wall / 60:.1f} min; plot {paths['plot']}, results {paths['results']}, "
+        typer.echo(reading(exp))
+        typer.secho(f"\nwall time {wall / 60:.1f} min; plots in {paths['plot'].parent}, results {paths['results']}, "
                     f"README section {paths['readme_section']}", bold=True)
     else:
-        typer.secho(f"\nwall time {wall / 60:.1f} min (part B only: nothing written)", bold=True)
+        typer.secho(f"\nwall time {wall / 60:.1f} min (part B only, no experiment results: nothing written)", bold=True)

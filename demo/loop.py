@@ -1,25 +1,30 @@
-"""Part B of ``sift demo``: one pass of the whole loop through the running product, nothing mocked.
+"""Part B of ``sift demo``: uncertainty vs random routing through the running product, nothing mocked.
 
-The local stack (SeaweedFS S3, Tansu Kafka, MLflow, Label Studio) runs from a demo data folder on
-its own loopback ports; the API (``sift.app:create_app`` under uvicorn) and the review, reconcile
-and retrain workers run as the same processes ``sift up`` starts. This module only drives them
-from outside, the way an app and a human would:
+The local stack (SeaweedFS S3, Tansu Kafka, MLflow, Label Studio) runs once from a demo data folder
+on its own loopback ports; the API (``sift.app:create_app`` under uvicorn) and the review, reconcile
+and retrain workers (several retrain workers, so jobs of different classifiers overlap) run as the
+same processes ``sift up`` starts. Each (arm, seed) is its own classifier on that stack, so the arms
+run side by side as tenants. The *uncertainty* arm routes by confidence (threshold); the *random*
+arm routes nothing by confidence and sends an audit sample (``review_sample_rate``) instead, whose
+window order is a random draw. This module only drives them from outside, as an app and a human would:
 
-1. onboard a demo classifier, train and register its seed model (the ``sift train`` path, with
-   the seed stored in S3 so every retrain rebuilds on it);
-2. per round, stream a slice of unseen pool texts to ``POST /classify``; the API routes the
-   low-confidence ones to Kafka, the review worker turns them into Label Studio tasks (window of
-   open tasks refilled by smallest top-2 margin first);
-3. a simulated reviewer answers those tasks with the corpus' true label through the Label Studio
-   API (``annotations.create``), exactly like a person clicking Submit;
+1. onboard the classifiers (review project included), train one seed model per seed and register
+   it for each arm of that seed (the ``sift train`` path, seed rows stored in S3 so every retrain
+   rebuilds on them);
+2. per round, stream unseen pool texts (the seed's traffic, the same for both arms) to
+   ``POST /classify`` until a round's labels wait in review; the API routes them to Kafka, the
+   review worker turns them into Label Studio tasks (a window of open tasks, most urgent first);
+3. a simulated reviewer answers ``labels_per_round`` tasks with the corpus' true label through the
+   Label Studio API (``annotations.create``), exactly like a person clicking Submit;
 4. the collector (webhook in the API, reconciliation worker as a safety net) writes reviewed
-   labels; the retrain worker counts them, runs a job when the policy's ``min_new_labels`` is
-   reached (assemble, validate, warm + fresh candidates, bless, promote, model-event);
+   labels; a retrain worker counts them and runs a job at ``min_new_labels`` (assemble, validate,
+   warm + fresh candidates, the bootstrap gate, promote, model-event); its verdict is recorded;
 5. the API swaps models (checked by what ``/classify`` answers), and the served version is scored on
    the held-out test set with the product's ``evaluate`` (see ``score_version`` for why not via the API).
 
-It imports only ``infra``, ``model`` and ``retrain`` (the seed model, scoring, job records); it
-talks to the classifier, review and collector through HTTP, Kafka and Label Studio.
+It imports only ``infra``, ``model``, ``retrain`` (the seed model, scoring, job records) and
+``sift.onboarding`` (onboarding, as ``sift classifiers create``); it talks to the classifier, review
+and collector through HTTP, Kafka and Label Studio.
 """
 
 from __future__ import annotations
@@ -44,29 +49,38 @@ log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
 
+ARMS = ("uncertainty", "random")
+
+
 class LoopConfig(BaseModel):
     data_dir: Path = Path(".stack/demo")
     port_base: int = Field(default=26000, description="S3 +333, Kafka +92, MLflow +500, Label Studio +80, API +800")
-    classifier: str = ""  # default: demo-<time>, so a reused data folder never mixes runs
+    prefix: str = ""  # classifier names <prefix>-<arm>-s<seed>; default demo-<time>, so runs never mix
     corpus: str = "reuters-r8"
-    seed: int = 0
-    seed_labels: int = 200
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    seed_labels: int = 150
     min_per_label: int = 8
-    rounds: int = 2
-    labels_per_round: int = 50
-    traffic_per_round: int = 500
-    threshold: float = 0.9
+    rounds: int = 4
+    labels_per_round: int = 40
+    traffic_chunk: int = Field(default=100, description="texts streamed at a time until a round's labels wait")
+    threshold: float = Field(default=0.9, description="uncertainty arm: confidence routing")
+    sample_rate: float = Field(default=0.2, description="random arm: review_sample_rate (audit sample)")
     review_window: int = 25
-    test_size: int = 1000
+    test_size: int = 600
     pool_size: int = 2000
     num_hidden_layers: int = 2
     max_length: int = 64
     seed_epochs: float = 8
-    epochs: int = 4
+    epochs: int = 3
     learning_rate: float = 5e-4
     job_time_budget_s: float = 240.0
+    retrain_workers: int = Field(default=2, description="jobs of different classifiers overlap")
     keep_stack: bool = False
     round_timeout_s: float = 900.0
+
+
+RANDOM_ARM_THRESHOLD = 1e-6  # below any top-label confidence (>= 1/labels): confidence routing routes nothing
 
 
 class VersionResult(BaseModel):
@@ -74,10 +88,13 @@ class VersionResult(BaseModel):
     version: str
     accuracy: float
     macro_f1: float
-    labels_used: int = Field(description="seed labels + reviewed labels the model's training set held")
+    labels_used: int = Field(description="seed labels + reviewed labels the served model's training set held")
     reviewed_labels: int
     job_status: str = ""
     job_reason: str = ""
+    gain: float | None = Field(default=None, description="gate: candidate minus champion macro-F1, eval set")
+    gain_interval: tuple[float, float] | None = Field(default=None, description="its bootstrap interval")
+    gate_confidence: float | None = None
     served_after_s: float | None = Field(default=None, description="job done -> API answers with it")
 
 
@@ -86,18 +103,58 @@ class RoundLog(BaseModel):
     streamed: int
     routed_to_review: int
     answered: int
-    answered_by_margin: list[float] = Field(default_factory=list, description="top-2 margin of each answered task")
+    answered_origins: dict[str, int] = Field(default_factory=dict)
+    answered_confidence: list[float] = Field(default_factory=list, description="model confidence of each answer")
     reviewer_seconds: float
     job_seconds: float | None = None
 
 
-class LoopResult(BaseModel):
-    config: LoopConfig
+class ArmResult(BaseModel):
+    arm: str
+    seed: int
     classifier: str
     versions: list[VersionResult]
     rounds: list[RoundLog]
     seconds: float
+
+
+class LoopPoint(BaseModel):
+    round: int
+    labels_mean: float
+    macro_f1_mean: float
+    macro_f1_min: float
+    macro_f1_max: float
+    macro_f1_std: float
+    accuracy_mean: float
+
+
+class LoopResult(BaseModel):
+    config: LoopConfig
+    arms: list[ArmResult]
+    curves: dict[str, list[LoopPoint]] = Field(default_factory=dict, description="per arm, over seeds")
+    seconds: float
     stack_start_seconds: float
+    load_before: list[float] = Field(default_factory=list, description="1/5/15-min load average at start")
+    load_after: list[float] = Field(default_factory=list)
+
+
+def curves(arms: list[ArmResult]) -> dict[str, list[LoopPoint]]:
+    """Served macro-F1 per round of each arm: mean, min-max and std over its seeds."""
+    import statistics
+
+    out: dict[str, list[LoopPoint]] = {}
+    for arm in dict.fromkeys(a.arm for a in arms):
+        runs = [a for a in arms if a.arm == arm]
+        points = []
+        for rnd in range(min(len(a.versions) for a in runs)):
+            vs = [a.versions[rnd] for a in runs]
+            f1 = [v.macro_f1 for v in vs]
+            points.append(LoopPoint(
+                round=rnd, labels_mean=statistics.fmean(v.labels_used for v in vs),
+                macro_f1_mean=statistics.fmean(f1), macro_f1_min=min(f1), macro_f1_max=max(f1),
+                macro_f1_std=statistics.pstdev(f1), accuracy_mean=statistics.fmean(v.accuracy for v in vs)))
+        out[arm] = points
+    return out
 
 
 def demo_settings(cfg: LoopConfig) -> Settings:
@@ -166,31 +223,36 @@ class SimulatedReviewer:
         if label is None:  # not a corpus text: skip it, as a person would, so it leaves the window
             self.client.annotations.create(id=int(task["id"]), result=[], was_cancelled=True)
             return None
-        self.client.annotations.create(id=int(task["id"]), result=[{
-            "from_name": self.from_name, "to_name": self.to_name, "type": "choices",
-            "value": {"choices": [label]}}])
+        try:
+            self.client.annotations.create(id=int(task["id"]), result=[{
+                "from_name": self.from_name, "to_name": self.to_name, "type": "choices",
+                "value": {"choices": [label]}}])
+        except Exception as exc:
+            if getattr(exc, "status_code", None) == 404:  # displaced by a more urgent request meanwhile:
+                return None  # gone from the window, as a person's open task can be; its text comes back later
+            raise
         return label
 
-    def review(self, n: int, timeout_s: float, stop_early: Callable[[], bool] = lambda: False) -> list[float]:
+    def review(self, n: int, timeout_s: float) -> list[tuple[str, float]]:
         """Answer ``n`` tasks as they appear (the worker refills the window every few seconds).
 
         Oldest task first, as Label Studio Community shows them. Returns each answered task's
-        top-2 margin (from the task data the worker wrote), to show what reached the reviewer.
+        (origin, model confidence) from the task data the worker wrote: what reached the reviewer.
         """
         deadline = time.monotonic() + timeout_s
-        margins: list[float] = []
-        while len(margins) < n and time.monotonic() < deadline and not stop_early():
+        answered: list[tuple[str, float]] = []
+        while len(answered) < n and time.monotonic() < deadline:
             tasks = sorted(self.open_tasks(), key=lambda t: int(t["id"]))
             if not tasks:
                 time.sleep(1.0)
                 continue
-            for task in tasks[: n - len(margins)]:
+            for task in tasks[: n - len(answered)]:
                 if self.answer(task) is not None:
-                    prio = (task.get("data") or {}).get("priority")
-                    # the queue stores priority = (2 - tier) + (1 - margin); tier 2 is "the model was unsure"
-                    margins.append(round(1 - float(prio), 4) if isinstance(prio, int | float) and prio <= 1
-                                   else float("nan"))
-        return margins
+                    data = task.get("data") or {}
+                    conf = data.get("confidence")
+                    answered.append((str(data.get("origin")),
+                                     round(float(conf), 4) if isinstance(conf, int | float) else float("nan")))
+        return answered
 
 
 # ---- driving the API ------------------------------------------------------------------------------
@@ -252,128 +314,214 @@ def _wait(check: Callable[[], Any], timeout_s: float, what: str, interval: float
 
 # ---- the pass ---------------------------------------------------------------------------------------
 
+def copy_champion(registry: Any, cfg: Any, source: Any, model_dir: Path) -> str:
+    """Register ``source`` (a ``RegisteredModel`` trained for another arm of the same seed) as
+    ``cfg``'s champion: both arms start from the very same seed model, trained once."""
+    from model.evaluate import REFERENCE_ARTIFACT
+
+    run_id = registry.create_run(cfg.name, run_name=f"seed-{cfg.name}", tags={
+        "sift.classifier": cfg.name, "sift.copied_from": f"{source.classifier} v{source.version}"})
+    registry.log_params(run_id, registry.run_info(source.run_id)["params"])
+    registry.log_artifacts(run_id, model_dir, "model")
+    reference = registry.load_dict(source.run_id, REFERENCE_ARTIFACT)
+    if reference is not None:
+        registry.log_dict(run_id, reference, REFERENCE_ARTIFACT)
+    ref = registry.register(cfg.name, run_id, artifact_path="model", tags={
+        k: f"{source.metrics[k]:.6f}" for k in ("accuracy", "macro_f1") if k in source.metrics})
+    registry.set_champion(cfg.name, ref.version, expected=None)
+    registry.end_run(run_id)
+    return str(ref.version)
+
+
+class _Arm:
+    """One (arm, seed): its classifier, key, seed rows and traffic (the seed's, shared by its arms)."""
+
+    def __init__(self, arm: str, seed: int, name: str, key: str, seed_rows: list[LabeledText],
+                 train_size: int, traffic: list[LabeledText]) -> None:
+        self.arm, self.seed, self.name, self.key = arm, seed, name, key
+        self.seed_rows, self.train_size, self.traffic = seed_rows, train_size, traffic
+        self.version = ""
+
+
+def _run_arm(cfg: LoopConfig, a: _Arm, settings: Settings, truth: dict[str, str], test: list[LabeledText],
+             say: Say) -> ArmResult:
+    """``cfg.rounds`` rounds of one classifier: stream, review, retrain, swap, score (see the module doc)."""
+    from infra.objectstore import ObjectStore
+    from infra.tenants import TenantStore
+    from retrain.assemble import read_reviewed
+    from retrain.job import list_jobs
+
+    started = time.monotonic()
+    store = ObjectStore(settings)
+    tenants = TenantStore(store)
+    api = ApiClient(settings.public_api_url, a.name, a.key)
+    tag = f"[{a.arm} s{a.seed}]"
+    cache = Path(cfg.data_dir) / "demo-eval-cache"
+    probe = a.seed_rows[0].text
+    try:
+        _wait(lambda: api.served_version(probe) == a.version, 300, f"{a.name}: the API to serve the seed model")
+        acc, f1 = score_version(settings, a.name, a.version, test, cache)
+        versions = [VersionResult(round=0, version=a.version, accuracy=acc, macro_f1=f1, labels_used=a.train_size,
+                                  reviewed_labels=0, job_status="seed")]
+        say(f"{tag} seed v{a.version}: macro-F1 {f1:.3f}, accuracy {acc:.3f}")
+        pid = _wait(lambda: tenants.require(a.name).label_studio_project_id, 120, "the review project")
+        reviewer = SimulatedReviewer(settings, int(pid), truth)
+        items_prefix = f"review/{a.name}/items/"  # the review stage's queue records, one per text
+        rounds: list[RoundLog] = []
+        cursor = routed_total = answered_total = 0
+        for rnd in range(1, cfg.rounds + 1):
+            jobs_before = {j.job_id for j in list_jobs(store, a.name, limit=100)}
+            streamed = routed = 0
+            # a product sees traffic until reviewers have work: stream until a round's labels wait
+            while routed_total - answered_total < cfg.labels_per_round and cursor < len(a.traffic):
+                chunk = a.traffic[cursor: cursor + cfg.traffic_chunk]
+                cursor += len(chunk)
+                n = sum(bool(r["review_requested"]) for r in api.classify([r.text for r in chunk]))
+                streamed, routed, routed_total = streamed + len(chunk), routed + n, routed_total + n
+            # the reviewer starts once the worker has taken this round's requests in (a reviewer who
+            # arrives to a full queue): answering while requests still stream in would hand out tasks
+            # in arrival order, and the demo would not show what the window's order picks
+            _wait(lambda t=routed_total: sum(1 for _ in store.list_keys(items_prefix)) >= t,
+                  cfg.round_timeout_s, f"{a.name}: the review worker to take in the requests", interval=2.0)
+            t0 = time.monotonic()
+            answers = reviewer.review(cfg.labels_per_round, cfg.round_timeout_s)
+            answered_total += len(answers)
+            review_s = time.monotonic() - t0
+            origins: dict[str, int] = {}
+            for origin, _ in answers:
+                origins[origin] = origins.get(origin, 0) + 1
+            confs = [c for _, c in answers]
+            say(f"{tag} round {rnd}: streamed {streamed}, routed {routed}; reviewer answered {len(answers)} "
+                f"({origins}, mean confidence {sum(confs) / max(1, len(confs)):.3f})")
+            t1 = time.monotonic()
+
+            def finished_job(before: set[str] = jobs_before) -> Any:
+                # "busy": a second retrain worker found the lease taken; the job that holds it reports
+                return next((j for j in list_jobs(store, a.name, limit=100)
+                             if j.job_id not in before and j.done and j.status != "busy"), None)
+
+            job = _wait(finished_job, cfg.round_timeout_s, f"{a.name}: the retrain job", interval=2.0)
+            job_s = time.monotonic() - t1
+            served_after = None
+            if job.status == "promoted" and job.champion_after:
+                t2 = time.monotonic()
+                _wait(lambda v=job.champion_after: api.served_version(probe) == v, 180, "the API to swap models")
+                served_after = round(time.monotonic() - t2, 1)
+            reviewed, _ = read_reviewed(store, a.name)
+            version = api.served_version(probe)
+            if version != versions[-1].version:
+                acc, f1 = score_version(settings, a.name, version, test, cache)
+            else:
+                acc, f1 = versions[-1].accuracy, versions[-1].macro_f1
+            used = (job.dataset.train_counts if job.dataset else {})
+            gate = job.verdict.gate if job.verdict is not None else None
+            versions.append(VersionResult(
+                round=rnd, version=version, accuracy=acc, macro_f1=f1,
+                labels_used=sum(used.values()) if job.status == "promoted" else versions[-1].labels_used,
+                reviewed_labels=len(reviewed), job_status=job.status, job_reason=job.reason,
+                gain=gate.gain if gate else None, gain_interval=gate.gain_interval if gate else None,
+                gate_confidence=gate.confidence if gate else None, served_after_s=served_after))
+            rounds.append(RoundLog(round=rnd, streamed=streamed, routed_to_review=routed, answered=len(answers),
+                                   answered_origins=origins, answered_confidence=confs,
+                                   reviewer_seconds=round(review_s, 1), job_seconds=round(job_s, 1)))
+            say(f"{tag} round {rnd}: job {job.status} after {job_s:.0f} s; served v{version}: macro-F1 {f1:.3f}, "
+                f"accuracy {acc:.3f} ({versions[-1].labels_used} training labels)")
+        return ArmResult(arm=a.arm, seed=a.seed, classifier=a.name, versions=versions, rounds=rounds,
+                         seconds=round(time.monotonic() - started, 1))
+    finally:
+        api.close()
+
+
 def run_loop(cfg: LoopConfig, pool: list[LabeledText], test: list[LabeledText], say: Say = print) -> LoopResult:
-    """Start (or reuse) the demo stack and run ``cfg.rounds`` rounds of the loop; see the module doc."""
+    """Start the demo stack once and run every (arm, seed) classifier side by side through it."""
+    import os
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
     from infra.bus import Bus
     from infra.local.stack import LocalStack
     from infra.objectstore import ObjectStore
     from infra.registry import Registry
     from infra.tenants import ClassifierConfig, RetrainPolicy, TenantStore
-    from retrain.assemble import read_reviewed, split_for_training
-    from retrain.job import list_jobs
+    from retrain.assemble import split_for_training
     from retrain.seed import store_seed
     from retrain.tracking import train_and_register, train_spec
+    from sift.onboarding import create_classifier  # what `sift classifiers create` does: the review project too
 
+    unknown = set(cfg.arms) - set(ARMS)
+    if unknown or not cfg.arms or not cfg.seeds:
+        raise ValueError(f"arms must be among {ARMS} and seeds non-empty (got {cfg.arms}, {cfg.seeds})")
+    load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.monotonic()
     settings = demo_settings(cfg)
-    name = cfg.classifier or f"demo-{datetime.now(UTC):%m%d-%H%M%S}"
+    prefix = cfg.prefix or f"demo-{datetime.now(UTC):%m%d-%H%M%S}"
     labels = sorted({r.label for r in [*pool, *test]})
     truth = {r.text: r.label for r in pool}
     stack = LocalStack(settings, die_with_parent=not cfg.keep_stack)
     say(f"[loop] starting the local stack in {Path(cfg.data_dir).resolve()} (Label Studio's first start takes ~2 min)")
     stack.start(with_label_studio=True)
     stack_s = time.monotonic() - started
-    api: ApiClient | None = None
     try:
         Bus(settings).ensure_topics()
         store = ObjectStore(settings)
         store.ensure_bucket()
         tenants = TenantStore(store)
+        registry = Registry(settings)
         policy = RetrainPolicy(
             min_new_labels=cfg.labels_per_round, promotion_margin=0.0, recall_tolerance=0.05,
             min_examples_per_label=3, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
             max_length=cfg.max_length, time_budget_s=cfg.job_time_budget_s)
-        ccfg, api_key = tenants.create(ClassifierConfig(
-            name=name, labels=labels, threshold=cfg.threshold, review_window=cfg.review_window, retrain=policy,
-            description=f"sift demo on {cfg.corpus}"))
-        say(f"[loop] classifier {name!r}: {len(labels)} labels, threshold {cfg.threshold}, "
-            f"retrain after {cfg.labels_per_round} reviewed labels")
-
-        seed_rows = seed_sample(pool, cfg.seed_labels, cfg.min_per_label, cfg.seed)
-        store_seed(store, name, seed_rows, source=f"{cfg.corpus} (sift demo seed)")
-        train_part, held = split_for_training(name, seed_rows, policy.eval_share)
-        say(f"[loop] training the seed model on {len(train_part)} labels ({len(held)} held out for blessing)")
-        reg = train_and_register(
-            ccfg, train_part, registry=Registry(settings), eval_rows=held, run_name=f"seed-{name}",
-            spec=train_spec(ccfg, num_hidden_layers=cfg.num_hidden_layers, max_length=cfg.max_length,
-                            epochs=cfg.seed_epochs, learning_rate=cfg.learning_rate, seed=cfg.seed),
-            progress=False)
-        say(f"[loop] seed model v{reg.version} registered as champion in {reg.seconds:.0f} s")
+        arms: list[_Arm] = []
+        for seed in cfg.seeds:
+            seed_rows = seed_sample(pool, cfg.seed_labels, cfg.min_per_label, seed)
+            seed_texts = {r.text for r in seed_rows}
+            traffic = [r for r in pool if r.text not in seed_texts]
+            random.Random(seed).shuffle(traffic)
+            trained = None
+            for arm in cfg.arms:
+                uncertain = arm == "uncertainty"
+                ccfg, key, _ = create_classifier(settings, tenants, ClassifierConfig(
+                    name=f"{prefix}-{arm[:3]}-s{seed}", labels=labels, review_window=cfg.review_window,
+                    threshold=cfg.threshold if uncertain else RANDOM_ARM_THRESHOLD,
+                    review_sample_rate=0.0 if uncertain else cfg.sample_rate, retrain=policy,
+                    description=f"sift demo on {cfg.corpus}: {arm} arm, seed {seed}"))
+                store_seed(store, ccfg.name, seed_rows, source=f"{cfg.corpus} (sift demo seed {seed})")
+                train_part, held = split_for_training(ccfg.name, seed_rows, policy.eval_share)
+                if trained is None:
+                    work = Path(cfg.data_dir) / "demo-seed-models" / ccfg.name
+                    t0 = time.monotonic()
+                    reg = train_and_register(
+                        ccfg, train_part, registry=registry, eval_rows=held, run_name=f"seed-{ccfg.name}",
+                        spec=train_spec(ccfg, num_hidden_layers=cfg.num_hidden_layers, max_length=cfg.max_length,
+                                        epochs=cfg.seed_epochs, learning_rate=cfg.learning_rate, seed=seed),
+                        work_dir=work, progress=False)
+                    trained = (reg, reg.model_dir)
+                    version = reg.version
+                    say(f"[loop] seed {seed}: seed model trained on {len(train_part)} labels ({len(held)} held out "
+                        f"for blessing) in {time.monotonic() - t0:.0f} s")
+                else:
+                    version = copy_champion(registry, ccfg, trained[0], Path(trained[1]))
+                a = _Arm(arm, seed, ccfg.name, key, seed_rows, len(train_part), traffic)
+                a.version = version
+                arms.append(a)
+        say(f"[loop] {len(arms)} classifiers ({', '.join(cfg.arms)} × seeds {cfg.seeds}): uncertainty routes "
+            f"confidence < {cfg.threshold}, random audits {cfg.sample_rate:.0%} of traffic; retrain after "
+            f"{cfg.labels_per_round} reviewed labels, {cfg.rounds} rounds")
 
         py = sys.executable
         api_port = cfg.port_base + 800
         stack.spawn("demo-api", [py, "-m", "uvicorn", "sift.app:create_app", "--factory", "--host", "127.0.0.1",
                                  "--port", str(api_port), "--no-access-log"], ready_port=api_port)
-        for worker in ("review", "reconcile", "retrain"):
-            stack.spawn(f"demo-worker-{worker}", [py, "-m", "sift.cli", "worker", worker])
-        api = ApiClient(settings.public_api_url, name, api_key)
-        probe = seed_rows[0].text
-        _wait(lambda: api.served_version(probe) == reg.version, 180, "the API to serve the seed model")
-        cache = Path(cfg.data_dir) / "demo-eval-cache"
-        version = reg.version
-        acc, f1 = score_version(settings, name, version, test, cache)
-        versions = [VersionResult(round=0, version=version, accuracy=acc, macro_f1=f1, labels_used=len(train_part),
-                                  reviewed_labels=0, job_status="seed")]
-        say(f"[loop] v{version} (seed, served by the API): accuracy {acc:.3f}, macro-F1 {f1:.3f} on {len(test)} "
-            "held-out test texts")
-        seed_texts = {r.text for r in seed_rows}
-        traffic = [r for r in pool if r.text not in seed_texts]
-        rounds: list[RoundLog] = []
-        reviewer: SimulatedReviewer | None = None
-        for rnd in range(1, cfg.rounds + 1):
-            chunk = traffic[(rnd - 1) * cfg.traffic_per_round: rnd * cfg.traffic_per_round]
-            jobs_before = {j.job_id for j in list_jobs(store, name, limit=100)}
-            items_prefix = f"review/{name}/items/"  # the review stage's queue records, one per text
-            seen_before = sum(1 for _ in store.list_keys(items_prefix))
-            results = api.classify([r.text for r in chunk])
-            routed = sum(bool(r["review_requested"]) for r in results)
-            say(f"[loop] round {rnd}: streamed {len(chunk)} texts, {routed} below the threshold -> review")
-            # the reviewer starts once the worker has taken this round's requests in (a reviewer who
-            # arrives to a full queue): answering while requests still stream in would hand out tasks
-            # in arrival order, and the demo would not show what the priority order picks
-            target = seen_before + routed
-            _wait(lambda p=items_prefix, n=target: sum(1 for _ in store.list_keys(p)) >= n,
-                  cfg.round_timeout_s, "the review worker to take in the requests", interval=2.0)
-            if reviewer is None:
-                pid = _wait(lambda: tenants.require(name).label_studio_project_id, 120, "the review project")
-                reviewer = SimulatedReviewer(settings, int(pid), truth)
-            t0 = time.monotonic()
-            margins = reviewer.review(cfg.labels_per_round, cfg.round_timeout_s)
-            review_s = time.monotonic() - t0
-            say(f"[loop] round {rnd}: reviewer answered {len(margins)} tasks in {review_s:.0f} s "
-                f"(mean top-2 margin {sum(margins) / max(1, len(margins)):.3f})")
-            t1 = time.monotonic()
-
-            def finished_job(before: set[str] = jobs_before) -> Any:
-                return next((j for j in list_jobs(store, name, limit=100) if j.job_id not in before and j.done), None)
-
-            job = _wait(finished_job, cfg.round_timeout_s, "the retrain job", interval=2.0)
-            job_s = time.monotonic() - t1
-            say(f"[loop] round {rnd}: retrain job {job.status} after {job_s:.0f} s: {job.reason}")
-            served_after = None
-            if job.status == "promoted" and job.champion_after:
-                t2 = time.monotonic()
-                _wait(lambda v=job.champion_after: api.served_version(probe) == v, 180, "the API to swap models")
-                served_after = round(time.monotonic() - t2, 1)
-            reviewed, _ = read_reviewed(store, name)
-            version = api.served_version(probe)
-            acc, f1 = score_version(settings, name, version, test, cache)
-            used = (job.dataset.train_counts if job.dataset else {})
-            versions.append(VersionResult(
-                round=rnd, version=version, accuracy=acc, macro_f1=f1,
-                labels_used=sum(used.values()) if job.status == "promoted" else versions[-1].labels_used,
-                reviewed_labels=len(reviewed), job_status=job.status, job_reason=job.reason,
-                served_after_s=served_after))
-            rounds.append(RoundLog(round=rnd, streamed=len(chunk), routed_to_review=routed, answered=len(margins),
-                                   answered_by_margin=margins, reviewer_seconds=round(review_s, 1),
-                                   job_seconds=round(job_s, 1)))
-            say(f"[loop] served v{version}: accuracy {acc:.3f}, macro-F1 {f1:.3f} "
-                f"({versions[-1].labels_used} training labels, {len(reviewed)} reviewed so far)")
-        return LoopResult(config=cfg, classifier=name, versions=versions, rounds=rounds,
-                          seconds=round(time.monotonic() - started, 1), stack_start_seconds=round(stack_s, 1))
+        workers = ["review", "reconcile"] + ["retrain"] * cfg.retrain_workers
+        for i, worker in enumerate(workers):
+            stack.spawn(f"demo-worker-{worker}-{i}", [py, "-m", "sift.cli", "worker", worker])
+        with ThreadPoolExecutor(max_workers=len(arms), thread_name_prefix="demo-arm") as pool_:
+            futures = [pool_.submit(_run_arm, cfg, a, settings, truth, test, say) for a in arms]
+            results = [f.result() for f in futures]
+        return LoopResult(config=cfg, arms=results, curves=curves(results),
+                          seconds=round(time.monotonic() - started, 1), stack_start_seconds=round(stack_s, 1),
+                          load_before=load_before, load_after=[round(x, 2) for x in os.getloadavg()])
     finally:
-        if api is not None:
-            api.close()
         if cfg.keep_stack:  # leave S3/Kafka/MLflow/Label Studio up for a look; stop only our processes
             for proc in reversed(list(stack.commands.values())):
                 with contextlib.suppress(Exception):

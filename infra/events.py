@@ -19,7 +19,7 @@ TOPIC_TENANT_EVENTS = "tenant-events"
 ALL_TOPICS = (TOPIC_REVIEW_REQUESTS, TOPIC_REVIEWED_LABELS, TOPIC_MODEL_EVENTS, TOPIC_DEAD_LETTER,
               TOPIC_TENANT_EVENTS)
 
-ReviewSource = Literal["low_confidence", "user_feedback", "batch_feedback"]
+ReviewSource = Literal["low_confidence", "audit_sample", "user_feedback", "batch_feedback"]
 
 
 def _now() -> datetime:
@@ -59,6 +59,9 @@ class ReviewRequest(Event):
     suggested_label: str | None = None
     comment: str | None = None
     prediction_id: str | None = None
+    audit_rank: float | None = Field(
+        default=None, ge=0, le=1, description="audit samples only: a uniform draw that orders them in the review "
+        "window instead of their margin, so the sample reviewers answer stays unbiased")
     created_at: datetime = Field(default_factory=_now)
 
 

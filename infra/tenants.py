@@ -119,6 +119,9 @@ class ClassifierConfig(BaseModel):
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     review_window: int = Field(default=50, ge=1, le=10_000, description="open Label Studio tasks kept queued")
+    review_sample_rate: float = Field(
+        default=0.0, ge=0, le=1, description="share of served texts sent to review as an unbiased audit sample, "
+        "whatever their confidence (random review priority)")
     near_duplicate_similarity: float = Field(
         default=0.6, gt=0, le=1,
         description="a model-doubt text this similar (shingle Jaccard) to an open task waits for it; 1: off")

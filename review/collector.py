@@ -29,12 +29,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 from prometheus_client import Counter
 from pydantic import BaseModel
 
 from infra.bus import Bus
-from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel, stable_id
+from infra.events import TOPIC_REVIEWED_LABELS, ReviewedLabel, ReviewSource, stable_id
 from infra.objectstore import ObjectStore, PreconditionFailed
 from infra.reviewed import write_reviewed
 from infra.settings import Settings
@@ -72,7 +73,7 @@ def reviewed_event(classifier: str, ann: FinishedAnnotation) -> ReviewedLabel | 
         skipped=ann.skipped,
         reviewer=ann.reviewer or (f"user-{ann.reviewer_id}" if ann.reviewer_id is not None else None),
         review_task_id=ann.task_id,
-        source=origin if origin in ("low_confidence", "user_feedback", "batch_feedback") else None,
+        source=origin if origin in get_args(ReviewSource) else None,
         predicted_label=data.get("predicted_label"),
         prediction_id=data.get("prediction_id"),
         model_version=data.get("model_version"),

@@ -65,6 +65,7 @@ ORIGIN_TEXT = {
     "user_feedback": "a user reported this prediction",
     "batch_feedback": "batch feedback",
     "low_confidence": "the model was unsure",
+    "audit_sample": "random audit sample",
 }
 
 
@@ -73,7 +74,7 @@ def _now() -> datetime:
 
 
 def tier_of(req: ReviewRequest) -> int:
-    """0: a user said the model is wrong; 1: other explicit feedback; 2: the model was unsure."""
+    """0: a user said the model is wrong; 1: other explicit feedback; 2: the model was unsure, or an audit sample."""
     disputed = req.verdict == "dislike" or (
         req.suggested_label is not None and req.suggested_label != req.predicted_label)
     if req.source in ("user_feedback", "batch_feedback") and disputed:
@@ -84,7 +85,12 @@ def tier_of(req: ReviewRequest) -> int:
 
 
 def margin_of(req: ReviewRequest) -> float:
-    """Top-2 margin ("breaking ties"), the confidence when only one score is known, else 1."""
+    """Top-2 margin ("breaking ties"), the confidence when only one score is known, else 1.
+
+    An audit sample's is its uniform ``audit_rank``: its place in the window must not depend on
+    how sure the model was (see ``classifier.routing.review_request_for``)."""
+    if req.source == "audit_sample" and req.audit_rank is not None:
+        return min(1.0, max(0.0, float(req.audit_rank)))
     scores = sorted(req.scores.values(), reverse=True)
     if len(scores) >= 2:
         value = scores[0] - scores[1]

@@ -24,6 +24,7 @@ class CreateClassifier(BaseModel):
     base_model: str = ""
     description: str = ""
     review_window: int = 50
+    review_sample_rate: float = Field(default=0.0, description="0..1: audit sample of served texts sent to review")
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
@@ -37,6 +38,7 @@ class UpdateClassifier(BaseModel):
     review_budget_per_day: int | None = Field(default=None, description="null: no budget")
     description: str | None = None
     review_window: int | None = None
+    review_sample_rate: float | None = None
     rate_limit_per_s: float | None = None
     rate_limit_burst: int | None = None
     retrain: RetrainPolicy | None = None
@@ -53,6 +55,7 @@ class ClassifierView(BaseModel):
     base_model: str
     description: str
     review_window: int
+    review_sample_rate: float
     rate_limit_per_s: float
     rate_limit_burst: int
     retrain: RetrainPolicy

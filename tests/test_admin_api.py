@@ -46,6 +46,11 @@ def test_create_list_show_update_delete(admin_client):
 
     r = admin_client.patch("/v1/admin/classifiers/adm-news", json={"threshold": 1.5})
     assert r.status_code == 422 and "threshold" in r.json()["detail"]
+    r = admin_client.patch("/v1/admin/classifiers/adm-news", json={"review_sample_rate": 0.05})
+    assert r.status_code == 200 and r.json()["review_sample_rate"] == 0.05 and r.json()["threshold"] == 0.45
+    r = admin_client.patch("/v1/admin/classifiers/adm-news", json={"review_sample_rate": 2})
+    assert r.status_code == 422 and "review_sample_rate" in r.json()["detail"]
+    assert admin_client.get("/v1/admin/classifiers/adm-news").json()["review_sample_rate"] == 0.05
 
     r = admin_client.post("/v1/admin/classifiers/adm-news/keys")
     assert r.status_code == 201
@@ -68,6 +73,8 @@ def test_create_list_show_update_delete(admin_client):
         ({"name": "ok-name", "labels": ["a", "-b"]}, 422, "invalid label"),
         ({"name": "ok-name", "labels": "a,b"}, 422, "labels"),
         ({"name": "ok-name", "labels": ["a", "b"], "threshold": 0}, 422, "threshold"),
+        ({"name": "ok-name", "labels": ["a", "b"], "review_sample_rate": 1.5}, 422, "review_sample_rate"),
+        ({"name": "ok-name", "labels": ["a", "b"], "review_sample_rate": -0.1}, 422, "review_sample_rate"),
         ({"labels": ["a", "b"]}, 422, "name"),
     ],
 )

@@ -101,3 +101,13 @@ def test_load_reviewed_latest_wins_duplicates_collapse_skips_never_override() ->
     assert [(r.text, r.label) for r in got] == [("a", "politics")]
     with_skips = load_reviewed(store, "news", include_skipped=True)  # type: ignore[arg-type]
     assert {(r.text, r.skipped) for r in with_skips} == {("a", False), ("b", True)}
+
+
+def test_an_audit_sample_is_ordered_by_its_random_rank_not_its_margin() -> None:
+    doubtful = req("a", source="audit_sample", audit_rank=0.9, scores={"x": 0.5, "y": 0.49})
+    sure = req("b", source="audit_sample", audit_rank=0.1, scores={"x": 0.99, "y": 0.01})
+    assert margin_of(doubtful) == 0.9 and margin_of(sure) == 0.1
+    a, b = ReviewItem.new(doubtful), ReviewItem.new(sure)
+    assert (a.tier, b.tier) == (2, 2) and b.priority > a.priority  # the sure one drew the better rank
+    assert sorted([a.marker(), b.marker()])[0] == b.marker()  # the backlog listing agrees
+    assert a.task_data()["origin"] == "audit_sample" and "random audit sample" in a.task_data()["context"]
