@@ -27,7 +27,10 @@ def test_onnx_backend_agrees_with_torch(tiny_model_dir, tiny_examples, quantize,
     texts += ["short", "a much longer text about the weather " * 6]  # different lengths: several chunks
     got, want = served.predict_proba(texts), reference.predict_proba(texts)
     assert got.shape == want.shape and np.allclose(got.sum(axis=1), 1.0, atol=1e-4)
-    assert float(np.abs(got - want).max()) < 0.05
+    # fp32: the same graph, float noise; int8: quantisation noise, which the export check bounds at
+    # 0.25 and measured at <= 0.14 on Reuters; an ambiguous text ("short", 0.59 vs 0.41) moves most
+    tolerance = 0.15 if quantize == "int8" else 5e-3
+    assert float(np.abs(got - want).max()) < tolerance
     assert [label for label, _ in served.predict(texts[: len(labels)])] == labels
 
 
