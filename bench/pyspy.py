@@ -11,6 +11,7 @@ two tables the README quotes: own time (the leaf frame) and inclusive time (any 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -21,12 +22,21 @@ def py_spy() -> str:
     return str(Path(sys.executable).parent / "py-spy")
 
 
-def record_pid(pid: int, out: Path, duration_s: float) -> subprocess.Popen:
-    """Start recording ``pid`` (all threads) for ``duration_s``; wait on the returned process."""
+def record_pid(pid: int, out: Path, duration_s: float, *, subprocesses: bool = False) -> subprocess.Popen:
+    """Start recording ``pid`` (all threads; its child processes too with ``subprocesses``) for
+    ``duration_s``; wait on the returned process, or ``stop`` it earlier."""
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--threads", "--format", "raw", "--output",
-                             str(out), "--duration", str(max(1, int(duration_s))), "--nonblocking"],
+                             str(out), "--duration", str(max(1, int(duration_s))), "--nonblocking",
+                             *(["--subprocesses"] if subprocesses else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(spy: subprocess.Popen, timeout_s: float = 60) -> None:
+    """End a recording now; py-spy writes what it has on SIGINT (as on Ctrl-C)."""
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=timeout_s)
 
 
 def wrap(cmd: list[str], out: Path) -> list[str]:

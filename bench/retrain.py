@@ -14,7 +14,12 @@ Setup (not timed): a seed model trained on SEED texts becomes champion. Then N r
 same run: the candidates' bare training time, the work any retrain must do — the ratio says what
 the pipeline around it costs.
 
-    .venv/bin/python bench/retrain.py [--n 500] [--seed-rows 200] [--labels earn,acq,crude,trade]
+``--profile DIR``: py-spy records, from the clock's start to the new champion's first answer, the
+worker's process with its candidate processes (``retrain.raw``: where a candidate's time goes) and
+the API replica (``retrain-replica.raw``: the hot swap, a cold load of the new version), each
+summarised by ``bench/pyspy.py`` into a ``.txt`` beside it.
+
+    .venv/bin/python bench/retrain.py [--n 500] [--seed-rows 200] [--labels earn,acq,crude,trade] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -90,7 +95,9 @@ def main() -> int:
     ap.add_argument("--note", default="", help="written into the results file (e.g. what else loaded the machine)")
     ap.add_argument("--corpus-cache", type=Path, default=ROOT / ".stack" / "corpora")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain.json")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy recordings of the timed part into DIR")
     args = ap.parse_args()
+    spies: dict[str, subprocess.Popen] = {}
 
     import logging
 
@@ -168,6 +175,11 @@ def main() -> int:
             producer.send(bus.topic(TOPIC_REVIEWED_LABELS), e.to_bytes(), key=e.key())
         producer.flush(timeout=30)
         producer.close()
+        if args.profile:
+            from bench.pyspy import record_pid
+
+            spies = {"retrain": record_pid(os.getpid(), args.profile / "retrain.raw", 1800, subprocesses=True),
+                     "retrain-replica": record_pid(api.pid, args.profile / "retrain-replica.raw", 1800)}
         t0 = time.monotonic()
         t0_wall = datetime.now(UTC)
         print(f"{len(events)} reviewed labels stored + published in {t0 - t_store:.2f}s; clock starts", flush=True)
@@ -196,6 +208,16 @@ def main() -> int:
                 break
             time.sleep(0.05)
         total = served_at - t0
+        if spies:
+            from bench.pyspy import stop as stop_spy
+            from bench.pyspy import summarize
+
+            for name, spy in spies.items():
+                stop_spy(spy)
+                raw = args.profile / f"{name}.raw"
+                (args.profile / f"{name}.txt").write_text(summarize(
+                    raw, top=40, header=f"# {raw.name}: py-spy --threads --nonblocking"
+                    f"{' --subprocesses' if name == 'retrain' else ''}, labels available -> new champion serving"))
         job = list_jobs(store, cfg.name)[0]
         trigger_s = (job.started_at - t0_wall).total_seconds()
         promote_end = job.phases[-1].started_at + timedelta(seconds=job.phases[-1].seconds)

@@ -4,9 +4,10 @@ serving engine with a memory budget, against the same engine without one, in one
 Every classifier resolves to the same model directory (the shipped MiniLM with a fresh 8-way head,
 as ``bench/classify.py``), but each is loaded as its own model, exactly as 100 tenants with 100
 fine-tuned models would be; the registry download is left out (a local directory), so a cold start
-here is the load itself: reading the weights, the ONNX export and quantisation, warm-up. Default
-serving settings (ONNX Runtime, int8). Each phase runs in a process of its own, so their RSS do not
-mix.
+here is the load itself: reading the weights, opening the serving graph, the agreement check and
+warm-up. The directory ships its int8 ONNX graph, as every version a retrain job promotes does
+(``package_serving_graph``), so no cold load exports. Default serving settings (ONNX Runtime,
+int8). Each phase runs in a process of its own, so their RSS do not mix.
 
 1. ``unbounded``: no budget; LOADED classifiers loaded one after another, RSS after each (the
    per-model cost, projected to 100), then the hot classifier's latency alone (HOT_REQUESTS
@@ -17,12 +18,16 @@ mix.
    the process high-water mark), resident models at the end, first-request latency of a cold
    classifier p50/p99, and the hot classifiers' latency p50/p99 during the cold loads.
 
-3. ``onnx_cache``: one version loaded from a model-cache folder (``<cache>/<classifier>/<version>/model``
-   with ``.complete``, as ``Registry.download`` leaves it) twice: the first load exports and
-   quantises and keeps the graph, the second (an eviction's reload, a restart) opens it; and a load
-   from a plain folder (no cache) beside them.
+3. ``onnx_cache``: what a load costs by where its graph comes from: a folder without a graph
+   (exported and quantised at load, the state before packaging), the same version in a model-cache
+   folder (``<cache>/<classifier>/<version>/model`` with ``.complete``, as ``Registry.download``
+   leaves it) twice (the first load exports and keeps the graph, the second opens it), and the
+   packaged folder (opens the shipped graph).
 
-    .venv/bin/python bench/tenants.py [--classifiers 100] [--loaded 4] [--cold 12] [--budget-mb 600]
+``--profile DIR`` records the budget phase's process with py-spy (``bench/pyspy.py`` summarises it):
+where a cold load's time goes while the hot classifiers serve.
+
+    .venv/bin/python bench/tenants.py [--classifiers 100] [--loaded 4] [--cold 12] [--budget-mb 600] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -130,17 +136,22 @@ async def onnx_cache(model_dir: Path, args: argparse.Namespace, texts: list[str]
     engine = engine_for(model_dir, 0)
     version = Path(tempfile.mkdtemp(prefix="sift-bench-onnx-cache-")) / "c" / "1"
     (version / "model").mkdir(parents=True)
-    for f in model_dir.iterdir():  # the same weights, in the registry cache's layout
-        (version / "model" / f.name).symlink_to(f)
+    plain = version.parent.parent / "plain"
+    plain.mkdir()
+    for f in model_dir.iterdir():
+        if f.name != "onnx":  # the same weights without the packaged graph
+            (plain / f.name).symlink_to(f)
+            (version / "model" / f.name).symlink_to(f)
     (version / ".complete").touch()
     out = {}
-    for label, folder in (("plain_folder_ms", model_dir), ("first_load_ms", version / "model"),
-                          ("cached_reload_ms", version / "model")):
+    for label, folder in (("plain_folder_ms", plain), ("first_load_ms", version / "model"),
+                          ("cached_reload_ms", version / "model"), ("packaged_ms", model_dir)):
         started = time.perf_counter()
         model = engine.load_model("c", "1", str(folder))
         out[label] = (time.perf_counter() - started) * 1000
         out[f"{label}_backend"] = model.backend
     out["reload_speedup"] = out["first_load_ms"] / out["cached_reload_ms"]
+    out["packaged_speedup"] = out["plain_folder_ms"] / out["packaged_ms"]
     return out
 
 
@@ -152,6 +163,7 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=float, default=600)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tenants.json")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy recording of the budget phase into DIR")
     ap.add_argument("--phase", choices=["unbounded", "budget", "onnx_cache"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -165,17 +177,35 @@ def main() -> None:
 
     from bench.classify import make_model_dir
     from bench.common import machine
+    from bench.pyspy import record_pid, summarize
+    from model.onnx_export import package_serving_graph
 
     model_dir = make_model_dir(Path(tempfile.mkdtemp(prefix="sift-bench-tenants-")) / "model")
+    package_serving_graph(model_dir, quantize=True)  # what a retrain job ships with a promoted version
     out: dict = {}
     for phase in ("unbounded", "budget", "onnx_cache"):
         cmd = [sys.executable, __file__, "--phase", phase, "--model-dir", str(model_dir),
                "--classifiers", str(args.classifiers), "--loaded", str(args.loaded), "--cold", str(args.cold),
                "--budget-mb", str(args.budget_mb)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        spy = None
+        if args.profile and phase == "budget":
+            spy = record_pid(proc.pid, args.profile / "tenants-budget.raw", 600)
+        stdout, stderr = proc.communicate(timeout=1800)
+        if spy is not None:
+            try:
+                spy.wait(timeout=30)  # py-spy stops and writes its file when the process it records exits
+            except subprocess.TimeoutExpired:
+                spy.send_signal(signal.SIGINT)  # writes what it recorded
+                spy.wait(timeout=60)
+            raw = args.profile / "tenants-budget.raw"
+            if raw.exists():
+                (args.profile / "tenants-budget.txt").write_text(summarize(
+                    raw, header=f"# {raw.name}: py-spy --threads --nonblocking, the budget phase "
+                                f"({args.cold} cold loads beside two hot classifiers)"))
         if proc.returncode:
-            raise SystemExit(f"{phase} failed: {proc.stderr[-3000:]}")
-        out[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+            raise SystemExit(f"{phase} failed: {stderr[-3000:]}")
+        out[phase] = json.loads(stdout.strip().splitlines()[-1])
         print(phase, json.dumps(out[phase]), flush=True)
     u, b = out["unbounded"], out["budget"]
     lines = [
@@ -195,9 +225,10 @@ def main() -> None:
         f"| hot classifier p50 / p99 (ms) | {u['hot_p50_ms']:.1f} / {u['hot_p99_ms']:.1f} (alone) | "
         f"{b['hot_p50_ms']:.1f} / {b['hot_p99_ms']:.1f} (during the cold loads) |",
         "",
-        f"load of one version (ms): plain folder {out['onnx_cache']['plain_folder_ms']:.0f}, first load into the "
-        f"model cache {out['onnx_cache']['first_load_ms']:.0f}, cached reload "
-        f"{out['onnx_cache']['cached_reload_ms']:.0f} ({out['onnx_cache']['reload_speedup']:.1f}x)",
+        f"load of one version (ms): no graph (export at load) {out['onnx_cache']['plain_folder_ms']:.0f}, "
+        f"first load into the model cache {out['onnx_cache']['first_load_ms']:.0f}, cached reload "
+        f"{out['onnx_cache']['cached_reload_ms']:.0f} ({out['onnx_cache']['reload_speedup']:.1f}x), packaged graph "
+        f"{out['onnx_cache']['packaged_ms']:.0f} ({out['onnx_cache']['packaged_speedup']:.1f}x)",
     ]
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from model.format import MODEL_META, ModelLoadError, read_meta
-from model.onnx_export import OnnxExportError, export_onnx
+from model.onnx_export import SERVING_GRAPH_DIR, OnnxExportError, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,10 @@ class LoadedModel:
     def _choose_backend(self, runtime: Runtime, quantize: Quantize, threads: int,
                         onnx_cache: Path | None = None) -> None:
         if runtime == "onnx":
+            packaged = Path(self.model_dir) / SERVING_GRAPH_DIR if self.model_dir else None  # a retrain job's
             try:
                 self.onnx = export_onnx(self.model, self.tokenizer, quantize=quantize == "int8", threads=threads,
-                                        cache_dir=onnx_cache)
+                                        cache_dir=onnx_cache, packaged_dir=packaged)
             except OnnxExportError as exc:
                 log.warning("%s v%s: serving with torch instead of ONNX Runtime: %s",
                             self.meta.get("classifier") or self.model_dir, self.version, exc)

@@ -1,4 +1,5 @@
-"""One retrain job: assemble -> validate -> train candidates -> evaluate -> select -> bless -> promote.
+"""One retrain job: assemble -> validate -> train candidates -> evaluate -> select -> bless -> package ->
+promote.
 
 The champion is touched in exactly one place, the final promotion: any failure before it leaves
 the serving model as it was, raises an alert and records why in the job record
@@ -13,6 +14,11 @@ its share of the cores (``SIFT_RETRAIN_PARALLEL_CANDIDATES``): one thread per ca
 cores better than two threads per candidate in turn, and a process of its own keeps each training
 deterministic (dropout draws from torch's process-wide generator). In turn, the job's time budget is
 shared between the candidates still to train; side by side, each has all of it.
+
+Package: the blessed version's serving graph (ONNX, int8 by default) is exported, checked and
+added to the version once here, so every replica opens it instead of exporting on its own serving
+cores (most of a cold load). A model that cannot be exported is still promoted: replicas serve it
+with torch, as they would after a failed export of their own; the job record says why.
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ class JobRecord(BaseModel):
     candidates: list[CandidateResult] = Field(default_factory=list)
     selected_version: str | None = None
     verdict: Verdict | None = None
+    serving_graph: str | None = None  # the packaged graph's artifact path, or "none: <why>"
     error: str | None = None
 
     @property
@@ -303,6 +310,8 @@ class RetrainJob:
         assert verdict is not None and best.version is not None
         if not verdict.blessed:
             return self._finish("not_promoted", f"v{best.version} ({best.name}) not promoted: {verdict.reason}", cfg)
+        with self.phase("package"):
+            r.serving_graph = self._package(best, trained[best.name])
         with self.phase("promote"):
             try:
                 self._lease.check()  # a job whose lease expired or was taken over must not promote
@@ -388,6 +397,21 @@ class RetrainJob:
         self._link_dataset(cand, ds)
         assert reg.model_dir is not None
         trained[spec.name] = reg.model_dir
+
+    def _package(self, cand: CandidateResult, model_dir: str) -> str | None:
+        """Ship the serving graph replicas would otherwise export themselves; see the module docstring."""
+        if self.settings.serving_runtime != "onnx":
+            return None
+        from model.onnx_export import SERVING_GRAPH_DIR, OnnxExportError, package_serving_graph
+
+        assert cand.run_id
+        try:
+            graph = package_serving_graph(model_dir, quantize=self.settings.quantize == "int8")
+        except OnnxExportError as exc:
+            log.warning("v%s has no serving graph; replicas serve it with torch: %s", cand.version, exc)
+            return f"none: {exc}"
+        self.registry.log_artifacts(cand.run_id, graph.parent, f"model/{SERVING_GRAPH_DIR}")
+        return f"model/{SERVING_GRAPH_DIR}/{graph.name}"
 
     def _link_dataset(self, cand: CandidateResult, ds: AssembledDataset) -> None:
         """The dataset version record goes into the run and onto the version: lineage in both places."""

@@ -129,3 +129,35 @@ def test_a_model_folder_outside_the_cache_keeps_no_graph(tiny_model_dir, tmp_pat
     shutil.copytree(tiny_model_dir, folder)
     served = ServingEngine(lambda name: None, runtime="onnx", quantize="int8").load_model("c", "1", str(folder))
     assert served.backend == "onnx-int8" and not (folder.parent / "onnx").exists()
+
+
+def test_a_packaged_graph_is_opened_instead_of_exported(tiny_model_dir, tiny_examples, tmp_path, monkeypatch):
+    """What a retrain job ships with a version (``package_serving_graph``) serves without an export on
+    the replica; a damaged packaged graph is exported afresh and left as the registry has it."""
+    import shutil
+
+    import torch
+
+    from model.onnx_export import package_serving_graph
+
+    folder = tmp_path / "v" / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    graph = package_serving_graph(folder, quantize=True)
+    assert graph == folder / "onnx" / "model.int8.onnx" and graph.stat().st_size > 0
+    engine = ServingEngine(lambda name: None, runtime="onnx", quantize="int8")
+    reference = engine.load_model("c", "0", str(tiny_model_dir))
+
+    def no_export(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("exported although the version ships its graph")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    served = engine.load_model("c", "1", str(folder))
+    texts = list(tiny_examples.values())
+    assert served.backend == "onnx-int8"
+    assert np.allclose(served.predict_proba(texts), reference.predict_proba(texts), atol=0.15)
+    assert [label for label, _ in served.predict(texts)] == list(tiny_examples)
+
+    monkeypatch.undo()
+    graph.write_bytes(b"not an onnx graph")
+    again = engine.load_model("c", "1", str(folder))
+    assert again.backend == "onnx-int8" and graph.read_bytes() == b"not an onnx graph"

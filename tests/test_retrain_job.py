@@ -119,6 +119,31 @@ def test_the_job_record_is_stored_with_its_phases(promoted: PromotedJob) -> None
     assert phases[:3] == ["assemble", "validate", "load_champion"] and phases[-1] == "promote"
 
 
+def test_the_promoted_version_ships_its_checked_serving_graph(promoted: PromotedJob, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packaged once by the job, opened by a replica: loading the new champion runs no ONNX export."""
+    import torch
+
+    from classifier.engine import ServingEngine
+
+    record, registry = promoted.record, promoted.registry
+    phases = [p.name for p in record.phases]
+    assert record.serving_graph == "model/onnx/model.int8.onnx"
+    assert phases.index("bless") < phases.index("package") < phases.index("promote")
+    champion = registry.champion(promoted.classifier)
+    assert champion is not None and champion.version == record.selected_version
+    model_dir = registry.download(champion, cache_dir=tmp_path / "replica-cache")
+    assert (model_dir / "onnx" / "model.int8.onnx").is_file()
+
+    def no_export(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("the replica exported although the version ships its graph")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    served = ServingEngine(lambda name: None, runtime="onnx", quantize="int8").load_model(
+        promoted.classifier, champion.version, str(model_dir))
+    assert served.backend == "onnx-int8"
+
+
 def test_the_candidates_trained_side_by_side(promoted: PromotedJob) -> None:
     """SIFT_RETRAIN_PARALLEL_CANDIDATES (default): with 2+ cores one `train` phase, and the candidates'
     MLflow runs overlap; on one core they train in turn."""
