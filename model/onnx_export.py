@@ -14,6 +14,7 @@ that disagrees beyond quantisation noise (or fails to export) is served by torch
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -97,8 +98,10 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         try:
             logits = OnnxLogits(ort.InferenceSession(str(ready), options, providers=["CPUExecutionProvider"]),
                                 names, quantized=quantize)
-            _check_agreement(_torch_probabilities(model, tokenizer, names), tokenizer, logits,
-                             max_int8_diff if quantize else 1e-3)
+            expected = _stored_reference(ready)
+            if expected is None:
+                expected = _torch_probabilities(model, tokenizer, names)
+            _check_agreement(expected, tokenizer, logits, max_int8_diff if quantize else 1e-3)
             return logits
         except Exception as exc:  # noqa: BLE001 - a damaged or stale graph is only a slower load
             log.warning("ONNX graph %s not used (%s); exporting again", ready, exc)
@@ -121,7 +124,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         expected = _torch_probabilities(model, tokenizer, names)
         _check_agreement(expected, tokenizer, logits, 1e-3)
         if not quantize:
-            _keep(fp32, cached)
+            _keep(fp32, cached, expected)
             return logits
         try:
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -136,7 +139,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         except Exception as exc:  # noqa: BLE001
             raise OnnxExportError(f"ONNX int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
         _check_agreement(expected, tokenizer, logits, max_int8_diff)
-        _keep(int8, cached)
+        _keep(int8, cached, expected)
     return logits
 
 
@@ -156,12 +159,34 @@ def package_serving_graph(model_dir: str | Path, *, quantize: bool) -> Path:
     return graph
 
 
-def _keep(graph: Path, cached: Path | None) -> None:
-    """Copy a checked graph into the cache atomically (replicas sharing a cache never read half a file)."""
+def _reference_path(graph: Path) -> Path:
+    return graph.with_name(f"{graph.name}.reference.json")
+
+
+def _stored_reference(graph: Path) -> torch.Tensor | None:
+    """Torch's probabilities on ``CHECK_TEXTS`` for the weights ``graph`` was made from, kept beside it:
+    checking a ready graph against them skips a torch forward pass, about half of a cold load's CPU
+    (``bench/results/profiles/tenants-budget.txt``). None when absent or made for other texts."""
+    try:
+        ref = json.loads(_reference_path(graph).read_text())
+        if ref.get("texts") == CHECK_TEXTS:
+            return torch.tensor(ref["probabilities"], dtype=torch.float32)
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def _keep(graph: Path, cached: Path | None, expected: torch.Tensor) -> None:
+    """Copy a checked graph into the cache atomically (replicas sharing a cache never read half a file),
+    its torch reference first (a graph without one is checked against torch)."""
     if cached is None:
         return
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
+        reference = _reference_path(cached)
+        partial_ref = reference.with_name(f".{reference.name}.{os.getpid()}.partial")
+        partial_ref.write_text(json.dumps({"texts": CHECK_TEXTS, "probabilities": expected.tolist()}))
+        partial_ref.replace(reference)
         partial = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
         shutil.copyfile(graph, partial)
         partial.replace(cached)

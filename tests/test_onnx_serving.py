@@ -133,11 +133,13 @@ def test_a_model_folder_outside_the_cache_keeps_no_graph(tiny_model_dir, tmp_pat
 
 def test_a_packaged_graph_is_opened_instead_of_exported(tiny_model_dir, tiny_examples, tmp_path, monkeypatch):
     """What a retrain job ships with a version (``package_serving_graph``) serves without an export on
-    the replica; a damaged packaged graph is exported afresh and left as the registry has it."""
+    the replica, and is checked against torch's reference probabilities stored beside it (no torch
+    forward pass at load); a damaged packaged graph is exported afresh and left as the registry has it."""
     import shutil
 
     import torch
 
+    from model import onnx_export
     from model.onnx_export import package_serving_graph
 
     folder = tmp_path / "v" / "model"
@@ -150,7 +152,12 @@ def test_a_packaged_graph_is_opened_instead_of_exported(tiny_model_dir, tiny_exa
     def no_export(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("exported although the version ships its graph")
 
+    def no_torch_reference(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("ran torch for the reference although the graph ships it")
+
+    assert (folder / "onnx" / "model.int8.onnx.reference.json").is_file()
     monkeypatch.setattr(torch.onnx, "export", no_export)
+    monkeypatch.setattr(onnx_export, "_torch_probabilities", no_torch_reference)
     served = engine.load_model("c", "1", str(folder))
     texts = list(tiny_examples.values())
     assert served.backend == "onnx-int8"
