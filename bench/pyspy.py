@@ -45,9 +45,12 @@ def wrap(cmd: list[str], out: Path) -> list[str]:
     return [py_spy(), "record", "--threads", "--format", "raw", "--output", str(out), "--nonblocking", "--", *cmd]
 
 
-def summarize(raw: Path, top: int = 25, header: str = "") -> str:
+def summarize(raw: Path, top: int = 25, header: str = "", under: str | None = None) -> str:
+    """Own and inclusive time; with ``under`` (a frame's name, e.g. ``fine_tune``) also the split of that
+    frame's samples by the frame it called (the line it was on), where "which step costs what" shows."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    below: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -61,11 +64,18 @@ def summarize(raw: Path, top: int = 25, header: str = "") -> str:
         own[frames[-1]] += n
         for f in set(frames):
             inclusive[f] += n
+        if under:
+            at = next((i for i, f in enumerate(frames) if f.startswith(f"{under} (")), None)
+            if at is not None:
+                below[frames[at + 1] if at + 1 < len(frames) else "(its own code)"] += n
     lines = [header] if header else []
     lines.append(f"# samples on CPU (all threads; idle ones are not recorded): {total}")
     for title, counts, k in (("own time", own, min(top, 15)), ("inclusive", inclusive, top)):
         lines.append(f"## {title} (top {k}): samples share frame")
         lines += [f"{n:>6} {n / max(total, 1):>6.1%}  {frame}" for frame, n in counts.most_common(k)]
+    if under:
+        lines.append(f"## under {under}: samples share (of all) the frame it called")
+        lines += [f"{n:>6} {n / max(total, 1):>6.1%}  {frame}" for frame, n in below.most_common(top)]
     return "\n".join(lines) + "\n"
 
 
@@ -73,8 +83,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("raw", type=Path)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--under", help="also split this frame's samples by what it called (e.g. fine_tune)")
     args = ap.parse_args()
-    print(summarize(args.raw, args.top), end="")
+    print(summarize(args.raw, args.top, under=args.under), end="")
 
 
 if __name__ == "__main__":

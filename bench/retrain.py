@@ -217,7 +217,8 @@ def main() -> int:
                 raw = args.profile / f"{name}.raw"
                 (args.profile / f"{name}.txt").write_text(summarize(
                     raw, top=40, header=f"# {raw.name}: py-spy --threads --nonblocking"
-                    f"{' --subprocesses' if name == 'retrain' else ''}, labels available -> new champion serving"))
+                    f"{' --subprocesses' if name == 'retrain' else ''}, labels available -> new champion serving",
+                    under="fine_tune" if name == "retrain" else "ServingEngine.load_model"))
         job = list_jobs(store, cfg.name)[0]
         trigger_s = (job.started_at - t0_wall).total_seconds()
         promote_end = job.phases[-1].started_at + timedelta(seconds=job.phases[-1].seconds)
