@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,15 +27,7 @@ def _now() -> datetime:
 
 
 def new_id() -> str:
-    """A random 128-bit id in uuid4's layout, drawn without a system call.
-
-    ``uuid.uuid4`` reads ``os.urandom``, which releases the GIL; on a busy API the request's thread then
-    waits to get it back from the Kafka and group-commit threads: 13% of the feedback server's samples
-    at 64 clients sat in ``uuid4`` (``bench/results/profiles/feedback-server-64.txt``). Python's
-    generator is seeded from the OS at start and again in every forked child, so ids stay unique across
-    replicas and workers; they are dedupe keys, not secrets (API keys and webhook secrets use ``secrets``).
-    """
-    return uuid.UUID(int=random.getrandbits(128), version=4).hex
+    return uuid.uuid4().hex
 
 
 def stable_id(*parts: str) -> str:
