@@ -9,6 +9,7 @@ champion without paying for them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,23 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
     if not isinstance(meta.get("labels"), list) or len(meta["labels"]) < 2:
         raise ModelLoadError(f"{path}: 'labels' must list at least 2 labels")
     return meta
+
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def weights_digest(model_dir: str | Path) -> str | None:
+    """SHA-256 over a model directory's weight files (names and bytes): what a derived artifact, such as
+    an exported ONNX graph, was made from. None when the folder holds no weight file."""
+    files = sorted({f for pattern in WEIGHT_FILES for f in Path(model_dir).glob(pattern) if f.is_file()})
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
 
 
 def save_model_dir(out: Path, model: Any, tokenizer: Any, meta: dict[str, Any]) -> None:

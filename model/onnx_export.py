@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def graph_name(quantize: bool) -> str:
 
 def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
                 max_int8_diff: float = 0.25, cache_dir: Path | None = None,
-                packaged_dir: Path | None = None) -> OnnxLogits:
+                packaged_dir: Path | None = None, weights: Callable[[], str | None] | None = None) -> OnnxLogits:
     """Export ``model`` (an HF sequence classifier on CPU) to an ONNX Runtime session.
 
     Two checks against torch on ``CHECK_TEXTS``: the fp32 graph must match to 1e-3 (a broken export
@@ -75,6 +76,9 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
     then ``cache_dir`` (a model version's own folder): the checked graph is kept there and the next
     load of that version opens it instead of exporting and quantising again (most of a cold load).
     Either is still checked against torch; a graph that fails to open or to agree is exported afresh.
+    ``weights`` (the model directory's ``weights_digest``, computed only when needed) binds a kept
+    graph to the weights it was made from: its stored reference probabilities stand in for torch's
+    only when the digest matches, so a graph left beside other weights is checked against torch.
     """
     try:
         import onnxruntime as ort
@@ -98,7 +102,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         try:
             logits = OnnxLogits(ort.InferenceSession(str(ready), options, providers=["CPUExecutionProvider"]),
                                 names, quantized=quantize)
-            expected = _stored_reference(ready)
+            expected = _stored_reference(ready, weights() if weights else None)
             if expected is None:
                 expected = _torch_probabilities(model, tokenizer, names)
             _check_agreement(expected, tokenizer, logits, max_int8_diff if quantize else 1e-3)
@@ -124,7 +128,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         expected = _torch_probabilities(model, tokenizer, names)
         _check_agreement(expected, tokenizer, logits, 1e-3)
         if not quantize:
-            _keep(fp32, cached, expected)
+            _keep(fp32, cached, expected, weights)
             return logits
         try:
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -139,7 +143,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         except Exception as exc:  # noqa: BLE001
             raise OnnxExportError(f"ONNX int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
         _check_agreement(expected, tokenizer, logits, max_int8_diff)
-        _keep(int8, cached, expected)
+        _keep(int8, cached, expected, weights)
     return logits
 
 
@@ -149,10 +153,12 @@ def package_serving_graph(model_dir: str | Path, *, quantize: bool) -> Path:
     then serves with torch, as a failed export at load time would)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from model.format import weights_digest
+
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     out = Path(model_dir) / SERVING_GRAPH_DIR
-    export_onnx(model, tokenizer, quantize=quantize, cache_dir=out)
+    export_onnx(model, tokenizer, quantize=quantize, cache_dir=out, weights=lambda: weights_digest(model_dir))
     graph = out / graph_name(quantize)
     if not graph.exists():
         raise OnnxExportError(f"the checked graph could not be written to {graph}")
@@ -163,30 +169,40 @@ def _reference_path(graph: Path) -> Path:
     return graph.with_name(f"{graph.name}.reference.json")
 
 
-def _stored_reference(graph: Path) -> torch.Tensor | None:
+def _stored_reference(graph: Path, weights: str | None) -> torch.Tensor | None:
     """Torch's probabilities on ``CHECK_TEXTS`` for the weights ``graph`` was made from, kept beside it:
     checking a ready graph against them skips a torch forward pass, about half of a cold load's CPU
-    (``bench/results/profiles/tenants-budget.txt``). None when absent or made for other texts."""
+    (``bench/results/profiles/tenants-budget.txt``). None when absent, made for other texts, or made
+    from other weights than ``weights`` (a digest; None never matches)."""
+    if weights is None:
+        return None
     try:
         ref = json.loads(_reference_path(graph).read_text())
-        if ref.get("texts") == CHECK_TEXTS:
+        if ref.get("texts") == CHECK_TEXTS and ref.get("weights") == weights:
             return torch.tensor(ref["probabilities"], dtype=torch.float32)
     except (OSError, ValueError, TypeError, KeyError):
         pass
     return None
 
 
-def _keep(graph: Path, cached: Path | None, expected: torch.Tensor) -> None:
+def _keep(graph: Path, cached: Path | None, expected: torch.Tensor,
+          weights: Callable[[], str | None] | None) -> None:
     """Copy a checked graph into the cache atomically (replicas sharing a cache never read half a file),
-    its torch reference first (a graph without one is checked against torch)."""
+    its torch reference first, bound to the weights' digest (without one, the graph is checked
+    against torch at every load)."""
     if cached is None:
         return
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         reference = _reference_path(cached)
-        partial_ref = reference.with_name(f".{reference.name}.{os.getpid()}.partial")
-        partial_ref.write_text(json.dumps({"texts": CHECK_TEXTS, "probabilities": expected.tolist()}))
-        partial_ref.replace(reference)
+        digest = weights() if weights else None
+        if digest is None:
+            reference.unlink(missing_ok=True)
+        else:
+            partial_ref = reference.with_name(f".{reference.name}.{os.getpid()}.partial")
+            partial_ref.write_text(json.dumps({"texts": CHECK_TEXTS, "weights": digest,
+                                               "probabilities": expected.tolist()}))
+            partial_ref.replace(reference)
         partial = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
         shutil.copyfile(graph, partial)
         partial.replace(cached)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from model.format import MODEL_META, ModelLoadError, read_meta
+from model.format import MODEL_META, ModelLoadError, read_meta, weights_digest
 from model.onnx_export import SERVING_GRAPH_DIR, OnnxExportError, export_onnx
 
 log = logging.getLogger(__name__)
@@ -163,10 +163,12 @@ class LoadedModel:
     def _choose_backend(self, runtime: Runtime, quantize: Quantize, threads: int,
                         onnx_cache: Path | None = None) -> None:
         if runtime == "onnx":
-            packaged = Path(self.model_dir) / SERVING_GRAPH_DIR if self.model_dir else None  # a retrain job's
+            model_dir = self.model_dir
+            packaged = Path(model_dir) / SERVING_GRAPH_DIR if model_dir else None  # a retrain job's
             try:
                 self.onnx = export_onnx(self.model, self.tokenizer, quantize=quantize == "int8", threads=threads,
-                                        cache_dir=onnx_cache, packaged_dir=packaged)
+                                        cache_dir=onnx_cache, packaged_dir=packaged,
+                                        weights=(lambda: weights_digest(model_dir)) if model_dir else None)
             except OnnxExportError as exc:
                 log.warning("%s v%s: serving with torch instead of ONNX Runtime: %s",
                             self.meta.get("classifier") or self.model_dir, self.version, exc)

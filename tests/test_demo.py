@@ -77,7 +77,8 @@ def test_miniature_multi_arm_loop_through_the_product(tmp_path) -> None:
 
     if not (label_studio_venv() / "bin" / "label-studio").exists():
         pytest.skip(f"Label Studio venv not found at {label_studio_venv()} (set SIFT_LABEL_STUDIO_VENV)")
-    pool = topic_rows(40, seed=1)  # 120 texts, 3 labels
+    # 114 distinct texts, 3 labels: topic_rows repeats a few, and a text reviewed twice is one label
+    pool = list({r.text: r for r in topic_rows(40, seed=1)}.values())
     test = [r for r in topic_rows(8, seed=2) if r.text not in {p.text for p in pool}]
     cfg = LoopConfig(data_dir=tmp_path / "stack", port_base=_free_base(), prefix="tdemo", seeds=[0],
                      seed_labels=24, min_per_label=6, rounds=2, labels_per_round=6, traffic_chunk=20,

@@ -168,3 +168,34 @@ def test_a_packaged_graph_is_opened_instead_of_exported(tiny_model_dir, tiny_exa
     graph.write_bytes(b"not an onnx graph")
     again = engine.load_model("c", "1", str(folder))
     assert again.backend == "onnx-int8" and graph.read_bytes() == b"not an onnx graph"
+
+
+def test_a_graph_left_beside_other_weights_is_not_trusted(tiny_model_dir, tiny_examples, tmp_path):
+    """A packaged ``onnx/`` folder copied along with a model folder whose weights were then changed (a
+    user's own fine-tune in place): its stored reference names other weights, so the graph is checked
+    against torch, disagrees, and the new weights are exported and served, never the stale graph."""
+    import shutil
+
+    import torch
+
+    from model.format import weights_digest
+    from model.onnx_export import package_serving_graph
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    package_serving_graph(old, quantize=True)
+    changed = tmp_path / "changed"
+    shutil.copytree(old, changed)  # onnx/ travels with it
+    model = LoadedModel.load(str(changed)).model
+    with torch.no_grad():  # another model: the head's rows rolled, so every text gets another label
+        model.classifier.weight.copy_(model.classifier.weight.roll(1, dims=0))
+        model.classifier.bias.copy_(model.classifier.bias.roll(1, dims=0))
+    model.save_pretrained(str(changed))
+    assert weights_digest(changed) != weights_digest(old)
+
+    texts = list(tiny_examples.values())
+    served = ServingEngine(lambda name: None, runtime="onnx", quantize="int8").load_model("c", "2", str(changed))
+    want = LoadedModel.load(str(changed)).predict_proba(texts)
+    assert served.backend == "onnx-int8"
+    assert float(np.abs(served.predict_proba(texts) - want).max()) < 0.15
+    assert [label for label, _ in served.predict(texts)] != list(tiny_examples)  # the new head, not the old graph
