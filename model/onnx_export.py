@@ -13,6 +13,7 @@ that disagrees beyond quantisation noise (or fails to export) is served by torch
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -20,7 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,8 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         try:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            logging.disable(logging.WARNING)  # the quantiser logs a line per tensor and advice on the root logger
-            try:
+            with _quiet_quantizer():
                 quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-            finally:
-                logging.disable(logging.NOTSET)
             logits = OnnxLogits(ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"]),
                                 names, quantized=True)
         except Exception as exc:  # noqa: BLE001
@@ -145,6 +143,33 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
         _check_agreement(expected, tokenizer, logits, max_int8_diff)
         _keep(int8, cached, expected, weights)
     return logits
+
+
+class _QuantizerChatter(logging.Filter):
+    """Drops what ONNX Runtime's quantiser logs straight on the root logger (a line per tensor, advice)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "/onnxruntime/quantization/" not in record.pathname.replace(os.sep, "/")
+
+
+_CHATTER = _QuantizerChatter()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Silence the quantiser only. ``logging.disable`` did it process-wide: every thread's records up
+    to WARNING were dropped while a model quantised, and a replica loading several models lost its
+    other stages' logs (a review worker's "owns partitions" line, in the test suite)."""
+    package = logging.getLogger("onnxruntime.quantization")
+    level = package.level
+    root = logging.getLogger()
+    root.addFilter(_CHATTER)
+    package.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        package.setLevel(level)
+        root.removeFilter(_CHATTER)
 
 
 def package_serving_graph(model_dir: str | Path, *, quantize: bool) -> Path:
@@ -171,8 +196,8 @@ def _reference_path(graph: Path) -> Path:
 
 def _stored_reference(graph: Path, weights: str | None) -> torch.Tensor | None:
     """Torch's probabilities on ``CHECK_TEXTS`` for the weights ``graph`` was made from, kept beside it:
-    checking a ready graph against them skips a torch forward pass, about half of a cold load's CPU
-    (``bench/results/profiles/tenants-budget.txt``). None when absent, made for other texts, or made
+    checking a ready graph against them skips a torch forward pass, the largest part of a cold load
+    once the graph is packaged (``bench/tenants.py --profile``). None when absent, made for other texts, or made
     from other weights than ``weights`` (a digest; None never matches)."""
     if weights is None:
         return None

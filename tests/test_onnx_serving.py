@@ -199,3 +199,47 @@ def test_a_graph_left_beside_other_weights_is_not_trusted(tiny_model_dir, tiny_e
     assert served.backend == "onnx-int8"
     assert float(np.abs(served.predict_proba(texts) - want).max()) < 0.15
     assert [label for label, _ in served.predict(texts)] != list(tiny_examples)  # the new head, not the old graph
+
+
+def test_quantising_silences_the_quantiser_only(tiny_model_dir, tmp_path):
+    """While a model quantises, another thread's INFO records still reach the handlers (it used to be
+    ``logging.disable``, process-wide), and the quantiser's own per-tensor lines do not."""
+    import shutil
+    import threading
+
+    from model.onnx_export import package_serving_graph
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    root, handler, other = logging.getLogger(), Keep(logging.DEBUG), logging.getLogger("sift.test.other")
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    done = threading.Event()
+
+    def chatter() -> None:
+        i = 0
+        while not done.is_set():
+            other.info("other stage %d", i)
+            i += 1
+            done.wait(0.005)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        package_serving_graph(folder, quantize=True)
+    finally:
+        done.set()
+        thread.join()
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    mine = [r for r in seen if r.name == "sift.test.other"]
+    numbers = [r.args[0] for r in mine]
+    assert numbers == list(range(len(numbers))) and len(numbers) > 5  # none dropped while quantising
+    assert not [r for r in seen if "/onnxruntime/quantization/" in r.pathname.replace("\\", "/")]

@@ -169,11 +169,9 @@ def test_two_review_workers_split_the_partitions_and_each_request_is_one_task(re
     worker_log.setLevel(logging.INFO)
     workers = [WorkerThread(env.settings, name=f"review-{i}").start() for i in range(2)]
     try:
-        # both members of the group hold partitions, all three between them, before anything is published.
-        # 180 s: a worker logs what it owns after a round, and each round walks every classifier in the
-        # session's shared bucket (hundreds late in the suite), so a rebalance takes rounds, not seconds
+        # both members of the group hold partitions, all three between them, before anything is published
         assert wait_until(lambda: all(records.owned(w.name) for w in workers)
-                          and sorted(records.owned("review-0") + records.owned("review-1")) == list(range(n)), 180)
+                          and sorted(records.owned("review-0") + records.owned("review-1")) == list(range(n)), 60)
         requests = [env.request(f"split {cfg.name} {i}", classifier=cfg.name) for cfg in cfgs.values()
                     for i in range(2)]
         env.publish(*requests, requests[0])  # one redelivered duplicate: still one task
