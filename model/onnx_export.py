@@ -14,6 +14,7 @@ that disagrees beyond quantisation noise (or fails to export) is served by torch
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -97,6 +98,10 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     cached = cache_dir / graph_name(quantize) if cache_dir else None
     packaged = packaged_dir / graph_name(quantize) if packaged_dir else None
+    # each at most once per load, whichever of the graphs below needs it: hashing the weights and
+    # torch's forward pass are the two costs a ready graph exists to avoid
+    weights = functools.cache(weights) if weights else None
+    torch_reference = functools.cache(lambda: _torch_probabilities(model, tokenizer, names))
     for ready in (packaged, cached):
         if ready is None or not ready.exists():
             continue
@@ -105,7 +110,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
                                 names, quantized=quantize)
             expected = _stored_reference(ready, weights() if weights else None)
             if expected is None:
-                expected = _torch_probabilities(model, tokenizer, names)
+                expected = torch_reference()
             _check_agreement(expected, tokenizer, logits, max_int8_diff if quantize else 1e-3)
             return logits
         except Exception as exc:  # noqa: BLE001 - a damaged or stale graph is only a slower load
@@ -126,7 +131,7 @@ def export_onnx(model: Any, tokenizer: Any, *, quantize: bool, threads: int = 0,
                                 names, quantized=False)
         except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure means "serve with torch"
             raise OnnxExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
-        expected = _torch_probabilities(model, tokenizer, names)
+        expected = torch_reference()
         _check_agreement(expected, tokenizer, logits, 1e-3)
         if not quantize:
             _keep(fp32, cached, expected, weights)
