@@ -231,6 +231,14 @@ def _counts(labels: Iterable[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def spread(name: str, values: Sequence[float]) -> dict[str, float]:
+    """``<name>_mean``, ``_std`` (over the seeds run, not a sample estimate), ``_min`` and ``_max``: how
+    every demo curve states its spread over seeds, offline and through the product alike."""
+    v = np.asarray(values, dtype=float)
+    return {f"{name}_mean": float(v.mean()), f"{name}_std": float(v.std()),
+            f"{name}_min": float(v.min()), f"{name}_max": float(v.max())}
+
+
 def curves(arms: list[ArmResult]) -> dict[str, list[CurvePoint]]:
     """Mean, standard deviation and range over seeds, per strategy and label count."""
     out: dict[str, list[CurvePoint]] = {}
@@ -238,14 +246,9 @@ def curves(arms: list[ArmResult]) -> dict[str, list[CurvePoint]]:
         runs = [a for a in arms if a.strategy == strategy]
         points = []
         for i in range(min(len(a.rounds) for a in runs)):
-            acc = np.array([a.rounds[i].accuracy for a in runs])
-            f1 = np.array([a.rounds[i].macro_f1 for a in runs])
-            points.append(CurvePoint(
-                labels=runs[0].rounds[i].labels,
-                accuracy_mean=float(acc.mean()), accuracy_std=float(acc.std()),
-                accuracy_min=float(acc.min()), accuracy_max=float(acc.max()),
-                macro_f1_mean=float(f1.mean()), macro_f1_std=float(f1.std()),
-                macro_f1_min=float(f1.min()), macro_f1_max=float(f1.max())))
+            points.append(CurvePoint(labels=runs[0].rounds[i].labels,
+                                     **spread("accuracy", [a.rounds[i].accuracy for a in runs]),
+                                     **spread("macro_f1", [a.rounds[i].macro_f1 for a in runs])))
         out[strategy] = points
     return out
 

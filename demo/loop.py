@@ -142,17 +142,18 @@ def curves(arms: list[ArmResult]) -> dict[str, list[LoopPoint]]:
     """Served macro-F1 per round of each arm: mean, min-max and std over its seeds."""
     import statistics
 
+    from demo.experiment import spread
+
     out: dict[str, list[LoopPoint]] = {}
     for arm in dict.fromkeys(a.arm for a in arms):
         runs = [a for a in arms if a.arm == arm]
         points = []
         for rnd in range(min(len(a.versions) for a in runs)):
             vs = [a.versions[rnd] for a in runs]
-            f1 = [v.macro_f1 for v in vs]
             points.append(LoopPoint(
                 round=rnd, labels_mean=statistics.fmean(v.labels_used for v in vs),
-                macro_f1_mean=statistics.fmean(f1), macro_f1_min=min(f1), macro_f1_max=max(f1),
-                macro_f1_std=statistics.pstdev(f1), accuracy_mean=statistics.fmean(v.accuracy for v in vs)))
+                **spread("macro_f1", [v.macro_f1 for v in vs]),
+                accuracy_mean=statistics.fmean(v.accuracy for v in vs)))
         out[arm] = points
     return out
 
