@@ -11,6 +11,7 @@ two tables the README quotes: own time (the leaf frame) and inclusive time (any 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
@@ -32,8 +33,12 @@ def record_pid(pid: int, out: Path, duration_s: float, *, subprocesses: bool = F
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop(spy: subprocess.Popen, timeout_s: float = 60) -> None:
-    """End a recording now; py-spy writes what it has on SIGINT (as on Ctrl-C)."""
+def stop(spy: subprocess.Popen, timeout_s: float = 60, *, grace_s: float = 0) -> None:
+    """End a recording: after ``grace_s`` for it to end by itself (py-spy stops and writes its file when
+    the process it records exits), with SIGINT, on which py-spy writes what it has (as on Ctrl-C)."""
+    if grace_s:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(timeout=grace_s)
     if spy.poll() is None:
         spy.send_signal(signal.SIGINT)
     spy.wait(timeout=timeout_s)

@@ -38,7 +38,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -183,6 +182,7 @@ def main() -> None:
     from bench.classify import make_model_dir
     from bench.common import machine
     from bench.pyspy import record_pid, summarize
+    from bench.pyspy import stop as stop_spy
     from model.onnx_export import package_serving_graph
 
     model_dir = make_model_dir(Path(tempfile.mkdtemp(prefix="sift-bench-tenants-")) / "model")
@@ -198,11 +198,7 @@ def main() -> None:
             spy = record_pid(proc.pid, args.profile / "tenants-budget.raw", 600)
         stdout, stderr = proc.communicate(timeout=1800)
         if spy is not None:
-            try:
-                spy.wait(timeout=30)  # py-spy stops and writes its file when the process it records exits
-            except subprocess.TimeoutExpired:
-                spy.send_signal(signal.SIGINT)  # writes what it recorded
-                spy.wait(timeout=60)
+            stop_spy(spy, grace_s=30)  # the phase's process has exited: py-spy ends by itself
             raw = args.profile / "tenants-budget.raw"
             if raw.exists():
                 (args.profile / "tenants-budget.txt").write_text(summarize(
